@@ -1,0 +1,48 @@
+"""``boundc.compile``: frontend → canonicalise → analyse → codegen."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from boundc import codegen
+from boundc.bound_module import BoundModule
+from boundc.errors import BoundcError
+from boundc.ir import Graph
+from boundc.options import CompileOptions
+from boundc.passes.canonicalize import canonicalize
+from boundc.passes.spec import attach_spec
+
+
+def lower(model: Any, example: torch.Tensor | None = None) -> Graph:
+    """The canonicalised, analysed IR of ``model`` (a module, or an ONNX file / proto)."""
+    if isinstance(model, nn.Module):
+        if example is None:
+            raise BoundcError("compiling a torch module needs an example input (batch first)")
+        from boundc.frontends.torch_export import from_torch
+
+        g = from_torch(model, example)
+    elif isinstance(model, (str, os.PathLike)) or type(model).__name__ == "ModelProto":
+        try:
+            from boundc.frontends.onnx import from_onnx
+        except ImportError as err:
+            raise BoundcError(f"ONNX models need the ONNX frontend: {err}") from err
+        g = from_onnx(model)
+    else:
+        raise BoundcError(f"cannot compile a {type(model).__name__}: pass an nn.Module or an .onnx path")
+    if len(g.outputs) != 1:
+        raise BoundcError(f"boundc supports networks with one output tensor; this one has {len(g.outputs)}")
+    return canonicalize(g)
+
+
+def compile(model: Any, example: torch.Tensor | None = None, method: str = "ibp",
+            options: CompileOptions | None = None) -> BoundModule:
+    """Compile ``model`` into its bound network for ``method`` (see :func:`boundc.methods`)."""
+    options = options or CompileOptions()
+    g = lower(model, example)
+    logits_net = codegen.build(g, method, options)
+    spec_net = codegen.build(attach_spec(g, elide=options.elide_last_layer), method, options)
+    return BoundModule(g, method, options, logits_net, spec_net)

@@ -1,0 +1,1 @@
+"""Certified training: losses, schedules, attacks, metrics, data, models."""

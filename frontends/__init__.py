@@ -1,0 +1,1 @@
+"""Frontends: map a PyTorch module or an ONNX file onto the boundc IR."""

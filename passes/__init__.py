@@ -1,0 +1,3 @@
+"""Graph → Graph passes and the per-op bound rules (imported here to register them)."""
+
+from . import concrete, interval  # noqa: F401

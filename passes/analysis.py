@@ -1,0 +1,82 @@
+"""Analysis passes: which values are perturbed, concrete shapes, and rule coverage."""
+
+from __future__ import annotations
+
+import torch
+
+from boundc.errors import BoundcError, UnsupportedOpError
+from boundc.ir import Graph
+
+from .registry import get_rule
+
+#: Ops whose value never depends on the perturbed input.
+SOURCES = {"param", "clean_input", "spec_matrix"}
+#: Ops that reduce over the batch (their result has no batch dimension).
+BATCH_REDUCTIONS = {"batch_mean", "batch_var"}
+
+
+def mark_perturbed(g: Graph) -> Graph:
+    """Set ``node.perturbed`` (depends on the input) and ``node.batched``."""
+    for n in g:
+        ins = [g[i] for i in n.inputs if i is not None]
+        if n.op == "input":
+            n.perturbed, n.batched = True, True
+        elif n.op in SOURCES:
+            n.perturbed, n.batched = False, n.op != "param"
+        else:
+            n.perturbed = any(i.perturbed for i in ins)
+            n.batched = any(i.batched for i in ins) and n.op not in BATCH_REDUCTIONS
+    return g
+
+
+def evaluate(g: Graph, x: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Run the graph concretely (domain ``eval``) at ``x``; returns every node's value."""
+    values: dict[str, torch.Tensor] = {}
+    extra = extra or {}
+    for n in g:
+        if n.op in ("input", "clean_input"):
+            values[n.name] = x
+        elif n.op == "spec_matrix":
+            values[n.name] = extra["C"]
+        elif n.op == "param":
+            values[n.name] = g.tensor_of(n)
+        else:
+            fn = get_rule(n.op, "eval")
+            if fn is None:
+                raise BoundcError(f"{n.where()} has no concrete semantics")
+            values[n.name] = fn(*[values[i] if i is not None else None for i in n.inputs], **n.attrs)
+    return values
+
+
+def infer_shapes(g: Graph, example: torch.Tensor) -> Graph:
+    """Fill in ``node.shape`` by evaluating the graph at the example input."""
+    with torch.no_grad():
+        values = evaluate(g, example)
+    for n in g:
+        v = values[n.name]
+        n.shape = tuple(v.shape) if isinstance(v, torch.Tensor) else ()
+    return g
+
+
+def check_rules(g: Graph, domains: tuple[str, ...]) -> None:
+    """Fail with one error listing every perturbed node that has no rule in ``domains``.
+
+    A node is covered when one of the given domains has a rule for its op.
+    Constant nodes need a concrete (``eval``) rule.
+    """
+    problems = []
+    for n in g:
+        if n.op in ("input", "param", "clean_input", "spec_matrix"):
+            continue
+        if n.perturbed:
+            if not any(get_rule(n.op, d) for d in domains):
+                problems.append(f"op '{n.op}' has no {'/'.join(domains)} rule: {n.where()}")
+            elif n.op == "leaky_relu" and n.attrs["negative_slope"] < 0:
+                problems.append(f"leaky_relu with a negative slope is not monotone: {n.where()}")
+            elif n.op == "mul" and all(g[i].perturbed for i in n.inputs):
+                if not all(get_rule("mul", d) for d in domains):
+                    problems.append(f"product of two input-dependent values: {n.where()}")
+        elif get_rule(n.op, "eval") is None:
+            problems.append(f"op '{n.op}' has no concrete rule: {n.where()}")
+    if problems:
+        raise UnsupportedOpError(problems)

@@ -1,0 +1,210 @@
+"""Interval bound propagation (IBP): one rule per IR op in domain ``"interval"``.
+
+An :class:`Interval` holds elementwise ``lower <= x <= upper``.  Affine ops use
+centre/radius form (``W·c + b``, ``|W|·r``); monotone ops map the end points;
+the rest are handled case by case.  Inputs that are not perturbed arrive as
+plain tensors.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import concrete
+from .registry import rule
+
+DOMAIN = "interval"
+
+
+class Interval(NamedTuple):
+    """Elementwise bounds ``lower <= x <= upper`` of a batched value."""
+
+    lower: Tensor
+    upper: Tensor
+
+
+def as_interval(x: Interval | Tensor) -> Interval:
+    """Promote a constant tensor to the degenerate interval ``[x, x]``."""
+    return x if isinstance(x, Interval) else Interval(x, x)
+
+
+def centre_radius(x: Interval) -> tuple[Tensor, Tensor]:
+    """``((l + u) / 2, (u - l) / 2)``."""
+    return (x.upper + x.lower) / 2, (x.upper - x.lower) / 2
+
+
+def from_centre_radius(c: Tensor, r: Tensor) -> Interval:
+    """``[c - r, c + r]``."""
+    return Interval(c - r, c + r)
+
+
+def _map(fn, x: Interval, **kw) -> Interval:
+    """Apply a monotone non-decreasing ``fn`` to both end points."""
+    return Interval(fn(x.lower, **kw), fn(x.upper, **kw))
+
+
+@rule("input", DOMAIN)
+def input_box(lower: Tensor, upper: Tensor) -> Interval:
+    """The input box."""
+    return Interval(lower, upper)
+
+
+@rule("identity", DOMAIN)
+def identity(x: Interval) -> Interval:
+    """Unchanged."""
+    return x
+
+
+# -- affine ops -----------------------------------------------------------------
+
+@rule("linear", DOMAIN)
+def linear(x: Interval, weight: Tensor, bias: Tensor | None) -> Interval:
+    """``W·c + b ± |W|·r``."""
+    c, r = centre_radius(x)
+    return from_centre_radius(F.linear(c, weight, bias), F.linear(r, weight.abs()))
+
+
+@rule("conv", DOMAIN)
+def conv(x: Interval, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
+         dilation: tuple, groups: int) -> Interval:
+    """Convolution in centre/radius form."""
+    c, r = centre_radius(x)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    return from_centre_radius(concrete.conv(c, weight, bias, **kw), concrete.conv(r, weight.abs(), None, **kw))
+
+
+@rule("scale_shift", DOMAIN)
+def scale_shift(x: Interval, scale: Tensor | None, shift: Tensor | None) -> Interval:
+    """``x * s + t`` elementwise: exact for a box."""
+    if scale is None:
+        return Interval(x.lower + shift, x.upper + shift) if shift is not None else x
+    c, r = centre_radius(x)
+    return from_centre_radius(concrete.scale_shift(c, scale, shift), r * scale.abs())
+
+
+@rule("add", DOMAIN)
+def add(x: Interval | Tensor, y: Interval | Tensor) -> Interval:
+    """Sum of two values (either may be constant)."""
+    x, y = as_interval(x), as_interval(y)
+    return Interval(x.lower + y.lower, x.upper + y.upper)
+
+
+@rule("sub", DOMAIN)
+def sub(x: Interval | Tensor, y: Interval | Tensor) -> Interval:
+    """Difference of two values (either may be constant)."""
+    x, y = as_interval(x), as_interval(y)
+    return Interval(x.lower - y.upper, x.upper - y.lower)
+
+
+@rule("mul", DOMAIN)
+def mul(x: Interval | Tensor, y: Interval | Tensor) -> Interval:
+    """Product: the extremes of the four end-point products."""
+    x, y = as_interval(x), as_interval(y)
+    p = torch.stack(torch.broadcast_tensors(x.lower * y.lower, x.lower * y.upper,
+                                            x.upper * y.lower, x.upper * y.upper))
+    return Interval(p.amin(0), p.amax(0))
+
+
+@rule("spec", DOMAIN)
+def spec(y: Interval, C: Tensor) -> Interval:
+    """``C @ y`` for a batched spec ``C`` (B, S, K)."""
+    c, r = centre_radius(y)
+    return from_centre_radius(torch.einsum("bsk,bk->bs", C, c), torch.einsum("bsk,bk->bs", C.abs(), r))
+
+
+@rule("spec_linear", DOMAIN)
+def spec_linear(x: Interval, weight: Tensor, bias: Tensor | None, C: Tensor) -> Interval:
+    """The last linear layer folded into the spec: ``W' = C·W``, ``b' = C·b``."""
+    w = torch.einsum("bsk,ki->bsi", C, weight)
+    c, r = centre_radius(x)
+    centre = torch.einsum("bsi,bi->bs", w, c)
+    if bias is not None:
+        centre = centre + torch.einsum("bsk,k->bs", C, bias)
+    return from_centre_radius(centre, torch.einsum("bsi,bi->bs", w.abs(), r))
+
+
+# -- monotone (non-decreasing) ops: map both end points -------------------------
+
+@rule("relu", DOMAIN)
+def relu(x: Interval) -> Interval:
+    """ReLU is monotone."""
+    return _map(torch.relu, x)
+
+
+@rule("leaky_relu", DOMAIN)
+def leaky_relu(x: Interval, *, negative_slope: float) -> Interval:
+    """Leaky ReLU (monotone for a non-negative slope; a negative one is checked at compile)."""
+    return _map(concrete.leaky_relu, x, negative_slope=negative_slope)
+
+
+@rule("sigmoid", DOMAIN)
+def sigmoid(x: Interval) -> Interval:
+    """Sigmoid is monotone."""
+    return _map(torch.sigmoid, x)
+
+
+@rule("tanh", DOMAIN)
+def tanh(x: Interval) -> Interval:
+    """tanh is monotone."""
+    return _map(torch.tanh, x)
+
+
+@rule("hardtanh", DOMAIN)
+def hardtanh(x: Interval, *, min_val: float, max_val: float) -> Interval:
+    """Clamping is monotone."""
+    return _map(concrete.hardtanh, x, min_val=min_val, max_val=max_val)
+
+
+@rule("softplus", DOMAIN)
+def softplus(x: Interval, *, beta: float, threshold: float) -> Interval:
+    """Softplus is monotone."""
+    return _map(concrete.softplus, x, beta=beta, threshold=threshold)
+
+
+@rule("max_pool2d", DOMAIN)
+def max_pool2d(x: Interval, **kw) -> Interval:
+    """Max pooling is monotone in every input."""
+    return _map(concrete.max_pool2d, x, **kw)
+
+
+@rule("avg_pool2d", DOMAIN)
+def avg_pool2d(x: Interval, **kw) -> Interval:
+    """Average pooling has non-negative weights: monotone."""
+    return _map(concrete.avg_pool2d, x, **kw)
+
+
+@rule("adaptive_avg_pool2d", DOMAIN)
+def adaptive_avg_pool2d(x: Interval, **kw) -> Interval:
+    """Adaptive average pooling has non-negative weights: monotone."""
+    return _map(concrete.adaptive_avg_pool2d, x, **kw)
+
+
+@rule("pad", DOMAIN)
+def pad(x: Interval, **kw) -> Interval:
+    """Padding copies entries (or inserts constants): monotone."""
+    return _map(concrete.pad, x, **kw)
+
+
+# -- structural ops --------------------------------------------------------------
+
+@rule("reshape", DOMAIN)
+def reshape(x: Interval, *, shape: tuple) -> Interval:
+    """Reshape both end points."""
+    return _map(concrete.reshape, x, shape=shape)
+
+
+@rule("permute", DOMAIN)
+def permute(x: Interval, *, dims: tuple) -> Interval:
+    """Permute both end points."""
+    return _map(concrete.permute, x, dims=dims)
+
+
+@rule("concat", DOMAIN)
+def concat(*xs: Interval | Tensor, dim: int) -> Interval:
+    """Concatenate end points (constants become degenerate intervals)."""
+    ivs = [as_interval(x) for x in xs]
+    return Interval(torch.cat([i.lower for i in ivs], dim), torch.cat([i.upper for i in ivs], dim))

@@ -1,0 +1,54 @@
+"""Soundness checks used by every bound-method test: sampling and PGD inside the box.
+
+``check_sound(bm, model, x_lower, x_upper, C)`` computes the bounds, then
+verifies that (a) random points and box vertices and (b) points found by PGD
+(minimising and maximising every output) give outputs inside ``[lower, upper]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from boundc.attacks import pgd_box
+
+#: Slack for floating-point rounding, relative to the output magnitude.
+RTOL = 1e-5
+ATOL = 1e-5
+
+
+def _outputs(model, x, C):
+    y = model(x)
+    return y if C is None else torch.einsum("bsk,bk->bs", C, y)
+
+
+def check_sound(bm, model, xl, xu, C=None, *, samples: int = 64, pgd_steps: int = 20, restarts: int = 1,
+                method_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Assert that sampled and attacked outputs lie within the bounds; returns the bounds."""
+    with torch.no_grad():
+        lower, upper = bm(xl, xu, C)
+    assert torch.all(lower <= upper + ATOL), f"{method_name}: lower > upper"
+    g = torch.Generator().manual_seed(1)
+    worst_low = torch.full_like(lower, float("inf"))
+    worst_up = torch.full_like(upper, float("-inf"))
+    with torch.no_grad():
+        for k in range(samples):
+            u = torch.rand(xl.shape, generator=g)
+            if k % 4 == 3:  # vertices of the box
+                u = (u > 0.5).to(xl.dtype)
+            y = _outputs(model, xl + (xu - xl) * u, C)
+            worst_low = torch.minimum(worst_low, y)
+            worst_up = torch.maximum(worst_up, y)
+    if pgd_steps:
+        worst_low = torch.minimum(worst_low, pgd_box(lambda x: _outputs(model, x, C), xl, xu, steps=pgd_steps,
+                                                     restarts=restarts, generator=g))
+        worst_up = torch.maximum(worst_up, -pgd_box(lambda x: -_outputs(model, x, C), xl, xu, steps=pgd_steps,
+                                                    restarts=restarts, generator=g))
+    tol_l = ATOL + RTOL * worst_low.abs()
+    tol_u = ATOL + RTOL * worst_up.abs()
+    bad_l = (lower > worst_low + tol_l)
+    bad_u = (upper < worst_up - tol_u)
+    assert not bad_l.any(), (f"{method_name}: lower bound above a reachable output by "
+                             f"{(lower - worst_low)[bad_l].max().item():.3g}")
+    assert not bad_u.any(), (f"{method_name}: upper bound below a reachable output by "
+                             f"{(worst_up - upper)[bad_u].max().item():.3g}")
+    return lower, upper
