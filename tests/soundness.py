@@ -17,8 +17,11 @@ ATOL = 1e-5
 
 
 def _outputs(model, x, C):
+    """``model(x)`` or ``C @ model(x)``; ``x`` may repeat each sample (PGD attacks columns separately)."""
     y = model(x)
-    return y if C is None else torch.einsum("bsk,bk->bs", C, y)
+    if C is None:
+        return y
+    return torch.einsum("bsk,bk->bs", C.repeat_interleave(x.shape[0] // C.shape[0], 0), y)
 
 
 def check_sound(bm, model, xl, xu, C=None, *, samples: int = 64, pgd_steps: int = 20, restarts: int = 1,
