@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import concrete
@@ -62,19 +61,22 @@ def identity(x: Interval) -> Interval:
 # -- affine ops -----------------------------------------------------------------
 
 @rule("linear", DOMAIN)
-def linear(x: Interval, weight: Tensor, bias: Tensor | None) -> Interval:
-    """``W·c + b ± |W|·r``."""
-    c, r = centre_radius(x)
-    return from_centre_radius(F.linear(c, weight, bias), F.linear(r, weight.abs()))
+def linear(x: Interval, weight: Tensor, bias: Tensor | None, *, relu_input: bool = False,
+           backend: str = "auto") -> Interval:
+    """``W·c + b ± |W|·r`` (after a fused ReLU when ``relu_input``); ``backend`` picks Triton or torch."""
+    from boundc.kernels.dispatch import interval_linear
+
+    return interval_linear(x, weight, bias, relu_input=relu_input, backend=backend)
 
 
 @rule("conv", DOMAIN)
 def conv(x: Interval, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
-         dilation: tuple, groups: int) -> Interval:
-    """Convolution in centre/radius form."""
-    c, r = centre_radius(x)
-    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return from_centre_radius(concrete.conv(c, weight, bias, **kw), concrete.conv(r, weight.abs(), None, **kw))
+         dilation: tuple, groups: int, relu_input: bool = False, backend: str = "auto") -> Interval:
+    """Convolution in centre/radius form (after a fused ReLU when ``relu_input``); see ``kernels.dispatch``."""
+    from boundc.kernels.dispatch import interval_conv
+
+    return interval_conv(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                         relu_input=relu_input, backend=backend)
 
 
 @rule("scale_shift", DOMAIN)
