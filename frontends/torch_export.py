@@ -144,21 +144,19 @@ class _Lowerer:
             return
         name = getattr(getattr(target, "overloadpacket", None), "__name__", None) or getattr(target, "__name__", str(target))
         fn = _LOWERINGS.get(name)
+        inputs = [a for a in node.all_input_nodes if a.name in self.values]
         if fn is None:
-            if not any(isinstance(a, fx.Node) and self.values.get(a.name) for a in node.all_input_nodes):
-                self.values[node.name] = None  # e.g. buffer book-keeping (num_batches_tracked += 1)
-                return
-            self.problems.append(f"{target} at node '{node.name}' ({_source(node)})")
+            if inputs or not node.all_input_nodes:
+                self.problems.append(f"{target} at node '{node.name}' ({_source(node)})")
             self.values[node.name] = None
+            return
+        if any(self.values[a.name] is None for a in inputs):
+            self.values[node.name] = None  # downstream of an op already reported
             return
         try:
             kwargs = normalize_function(target, node.args, node.kwargs, normalize_to_only_use_kwargs=True).kwargs
         except Exception:  # noqa: BLE001 - ops without a schema keep their raw arguments
             kwargs = {**{f"arg{i}": a for i, a in enumerate(node.args)}, **node.kwargs}
-        if any(isinstance(a, fx.Node) and a.name in self.values and self.values[a.name] is None
-               for a in node.all_input_nodes):
-            self.values[node.name] = None  # depends on an op already reported
-            return
         self.values[node.name] = fn(self, node, kwargs)
 
 

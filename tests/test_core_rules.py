@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from boundc.passes import concrete, interval
 from boundc.passes.interval import Interval
 from boundc.passes.registry import get_rule, ops_with_rule
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SAMPLES = 256
 

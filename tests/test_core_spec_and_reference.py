@@ -6,12 +6,12 @@ import importlib.util
 
 import pytest
 import torch
+from boundc.passes.interval import Interval, centre_radius
 from conftest import shared_path
 from soundness import check_sound
 
 import boundc
 from boundc import examples
-from boundc.passes.interval import Interval, centre_radius
 
 
 def _interval_spec(lower, upper, C):
