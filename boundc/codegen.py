@@ -111,7 +111,12 @@ class Emitter:
                 self.fx.erase_node(ph)
         self.fx.eliminate_dead_code()
         self.fx.lint()
-        return fx.GraphModule(dict(self._targets), self.fx, class_name="BoundNetwork")
+        gm = fx.GraphModule(dict(self._targets), self.fx, class_name="BoundNetwork")
+        if self.g.module is not None and any(t.startswith("model.") for t in self._targets):
+            # read ``model.*`` through the source module itself, so moving or casting the bound
+            # network moves the model too and buffers (BN statistics) stay shared
+            gm.model = self.g.module
+        return gm
 
 
 def build(g: Graph, name: str, options: CompileOptions) -> fx.GraphModule:

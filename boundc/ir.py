@@ -91,6 +91,9 @@ class Graph:
         self.nodes: dict[str, Node] = {}
         self.outputs: list[str] = []
         self.tensors: dict[str, torch.Tensor] = {}
+        #: The source ``nn.Module`` whose tensors are referenced as ``model.<path>``
+        #: targets (None for ONNX graphs); the bound network holds it as a submodule.
+        self.module: torch.nn.Module | None = None
 
     # -- construction -------------------------------------------------------
     def add(self, node: Node) -> Node:
@@ -193,6 +196,7 @@ class Graph:
             g.nodes[n.name] = Node(n.name, n.op, n.inputs, dict(n.attrs), n.shape, n.batched, n.source, n.perturbed)
         g.outputs = list(self.outputs)
         g.tensors = dict(self.tensors)
+        g.module = self.module
         return g
 
     def table(self) -> str:

@@ -174,7 +174,9 @@ def from_torch(model: nn.Module, example: torch.Tensor) -> Graph:
             ep = torch.export.export(model, (example,), strict=False)
         except Exception as err:  # noqa: BLE001 - report torch's reason with ours
             raise BoundcError(f"torch.export could not trace the model: {type(err).__name__}: {err}") from err
-    return _Lowerer(model, ep, example.shape[0]).run()
+    g = _Lowerer(model, ep, example.shape[0]).run()
+    g.module = model
+    return g
 
 
 # -- lowerings ------------------------------------------------------------------------

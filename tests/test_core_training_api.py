@@ -107,3 +107,15 @@ def test_train_mode_bounds_contain_model_with_frozen_clean_statistics():
             xp = xl + (xu - xl) * torch.rand_like(x)
             y = frozen(xp)
             assert torch.all(lower <= y + 1e-5) and torch.all(y <= upper + 1e-5)
+
+
+def test_moving_the_bound_module_moves_the_model_and_keeps_buffers_shared():
+    model = examples.build("resnet")
+    bm = boundc.compile(model, torch.rand(2, 1, 28, 28))
+    bm.double()
+    assert next(model.parameters()).dtype == torch.float64
+    assert model.stem[1].running_mean.dtype == torch.float64
+    x = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        model.stem[1].running_mean.add_(0.5)  # a BN statistics update on the model is seen by the bounds
+        torch.testing.assert_close(bm(x, x)[0], model(x), atol=1e-10, rtol=0)
