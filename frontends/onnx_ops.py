@@ -12,7 +12,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from boundc.frontends.onnx import Unsupported, Value, _Lowerer, lowering
 
 # -- structural -------------------------------------------------------------------------

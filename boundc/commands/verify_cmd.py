@@ -1,0 +1,99 @@
+"""``boundc verify``: one VNN-LIB property, or a whole benchmark (``--instances``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+from boundc.errors import BoundcError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``verify`` sub-command."""
+    p = sub.add_parser("verify", help="verify a VNN-LIB property of an ONNX model (VNN-COMP result format)")
+    p.add_argument("model", nargs="?", help="model.onnx")
+    p.add_argument("prop", nargs="?", help="property.vnnlib (or .vnnlib.gz)")
+    p.add_argument("--instances", help="a benchmark's instances.csv (onnx, vnnlib, timeout) to run instead")
+    p.add_argument("--method", default="ibp", help="ibp | crown-ibp | crown | alpha-crown (default ibp)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per property (default 60; with --instances: cap on the listed timeout)")
+    p.add_argument("--out", help="result file (single property) or results CSV (--instances)")
+    p.add_argument("--limit", type=int, default=None, help="with --instances: only the first N instances")
+    p.add_argument("--seed", type=int, default=0, help="attack seed")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one property or a benchmark."""
+    if args.instances:
+        return run_instances(args)
+    if not args.model or not args.prop:
+        raise BoundcError("give MODEL.onnx PROP.vnnlib, or --instances DIR/instances.csv")
+    from boundc.verify import VerifyOptions, verify
+
+    res = verify(args.model, args.prop, VerifyOptions(method=args.method, timeout=args.timeout or 60.0,
+                                                      seed=args.seed))
+    text = res.vnncomp()
+    if args.out:
+        Path(args.out).write_text(text)
+    sys.stdout.write(text)
+    print(f"# {res.status} in {res.time:.2f} s (method {res.method}, {res.boxes} boxes) {res.detail}",
+          file=sys.stderr)
+    return 0
+
+
+def _known(csv_dir: Path) -> dict[tuple[str, str], str]:
+    path = csv_dir / "known_results.csv"
+    if not path.exists():
+        return {}
+    with open(path) as fh:
+        return {(r["onnx"], r["vnnlib"]): r["result"] for r in csv.DictReader(fh)}
+
+
+def run_instances(args: argparse.Namespace) -> int:
+    """Every instance of a benchmark with a progress bar; writes a results CSV."""
+    from tqdm import tqdm
+
+    from boundc.verify import VerifierModel, VerifyOptions, verify
+
+    csv_path = Path(args.instances)
+    if not csv_path.is_file():
+        raise BoundcError(f"no such instances file: {csv_path}")
+    root = csv_path.parent
+    with open(csv_path) as fh:
+        rows = [r for r in csv.reader(fh) if r and r[0].strip()]
+    if args.limit:
+        rows = rows[:args.limit]
+    known = _known(root)
+    out = Path(args.out or f"{root.name}_{args.method}_results.csv")
+    models: dict[str, VerifierModel] = {}
+    counts: dict[str, int] = {"unsat": 0, "sat": 0, "unknown": 0, "error": 0}
+    with open(out, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["onnx", "vnnlib", "result", "time_s", "known", "method", "detail"])
+        bar = tqdm(rows, desc=f"{root.name} [{args.method}]", unit="inst")
+        for onnx_rel, prop_rel, *rest in bar:
+            onnx_rel, prop_rel = onnx_rel.strip(), prop_rel.strip()
+            limit = float(rest[0]) if rest and rest[0].strip() else 60.0
+            timeout = min(limit, args.timeout) if args.timeout else limit
+            t0 = time.monotonic()
+            try:
+                key = os.fspath(root / onnx_rel)
+                if key not in models:
+                    models[key] = VerifierModel(key, args.method)
+                res = verify(models[key], root / prop_rel, VerifyOptions(method=args.method, timeout=timeout,
+                                                                         seed=args.seed))
+                status, detail, method = res.status, res.detail, res.method
+            except BoundcError as err:
+                status, detail, method = "error", str(err).splitlines()[0], args.method
+            dt = time.monotonic() - t0
+            counts[status] += 1
+            w.writerow([onnx_rel, prop_rel, status, f"{dt:.3f}", known.get((onnx_rel, prop_rel), ""), method, detail])
+            fh.flush()
+            bar.set_postfix(counts)
+    print(f"{root.name}: {counts} -> {out}")
+    return 0

@@ -1,0 +1,330 @@
+"""``boundc verify``: decide VNN-LIB properties of ONNX networks.
+
+For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
+
+1. an attack (PGD with restarts, inside the box) looks for an input whose
+   output satisfies one of the unsafe disjuncts ``C·y <= d``; a candidate is
+   *confirmed* in onnxruntime before ``sat`` is answered;
+2. the bound network (``method``, evaluated in float64) bounds ``C·y`` over the
+   box; a disjunct is excluded when some row's lower bound exceeds ``d``;
+3. boxes that are not settled are bisected (input splitting, for low-dimensional
+   inputs such as ACAS Xu), in batches, until every disjunct of every sub-box is
+   excluded (``unsat``), a sub-box centre is a confirmed counterexample
+   (``sat``), the deadline passes or the queue exceeds ``max_boxes`` (``unknown``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import boundc
+from boundc.errors import BoundcError
+from boundc.frontends.vnnlib import Spec, read_vnnlib
+from boundc.passes.analysis import evaluate
+
+#: Bound methods in order of preference when the requested one is missing.
+FALLBACK = "ibp"
+
+
+@dataclass
+class VerifyOptions:
+    """Knobs of :func:`verify`.
+
+    Attributes:
+        method: bound method (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
+        timeout: seconds for the whole property.
+        restarts, steps: PGD restarts and steps per box.
+        max_split_dim: bisect inputs only when the input has at most this many entries.
+        batch: sub-boxes bounded per call.
+        max_boxes: queue limit (memory bound); beyond it the answer is ``unknown``.
+        seed: RNG seed of the attack.
+    """
+
+    method: str = "ibp"
+    timeout: float = 60.0
+    restarts: int = 5
+    steps: int = 40
+    max_split_dim: int = 64
+    batch: int = 512
+    max_boxes: int = 200_000
+    seed: int = 0
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of one property: ``status`` in ``unsat``/``sat``/``unknown``."""
+
+    status: str
+    time: float
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None
+    detail: str = ""
+    boxes: int = 0
+    method: str = ""
+
+    def vnncomp(self) -> str:
+        """The VNN-COMP result text (``sat`` lists ``((X_0 v) ... (Y_0 v) ...)``)."""
+        if self.status != "sat" or self.counterexample is None:
+            return self.status + "\n"
+        x, y = self.counterexample
+        items = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.reshape(-1))]
+        items += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(y.reshape(-1))]
+        return "sat\n(" + "\n ".join(items) + ")\n"
+
+
+def resolve_method(method: str) -> str:
+    """``method`` if registered, else the fallback (with a warning on stderr)."""
+    available = boundc.methods()
+    if method in available:
+        return method
+    import sys
+
+    print(f"boundc: method {method!r} is not available (have {', '.join(available)}); using {FALLBACK!r}",
+          file=sys.stderr)
+    return FALLBACK
+
+
+@dataclass
+class VerifierModel:
+    """An ONNX model compiled once for verification: bound net, concrete graph, onnxruntime session."""
+
+    path: str
+    method: str
+    bm: torch.nn.Module = field(init=False)
+    dtype: torch.dtype = field(init=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        self.method = resolve_method(self.method)
+        self.bm = boundc.compile(self.path, method=self.method).eval()
+        self.graph = self.bm.graph
+        self.input_shape = tuple(self.bm.input_shape)
+        self.num_inputs = int(np.prod(self.input_shape))
+        self.num_outputs = int(np.prod(self.bm.output_shape)) if self.bm.output_shape else 1
+        self.bm64 = _to_double(self.bm)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        inp = self.sess.get_inputs()[0]
+        self.ort_name = inp.name
+        self.ort_batched = len(inp.shape) == len(self.input_shape) + 1
+
+    def check_property(self, n_in: int, n_out: int, where: str) -> None:
+        """One clear error when the property's variable counts do not match the model."""
+        if n_in != self.num_inputs or n_out != self.num_outputs:
+            raise BoundcError(f"{where} declares {n_in} inputs / {n_out} outputs but {self.path} has "
+                              f"{self.num_inputs} inputs (shape {list(self.input_shape)}) / {self.num_outputs} outputs")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Concrete outputs (B, K) for flat inputs (B, n), differentiable (float32)."""
+        xs = x.to(torch.get_default_dtype()).reshape(-1, *self.input_shape)
+        return evaluate(self.graph, xs)[self.graph.outputs[0]].reshape(x.shape[0], -1)
+
+    def bounds(self, lo: Tensor, hi: Tensor, C: Tensor) -> Tensor:
+        """Lower bounds (B, S) on ``C·f(x)`` over the boxes ``[lo, hi]`` (B, n)."""
+        shape = (-1, *self.input_shape)
+        Cb = C.unsqueeze(0).expand(lo.shape[0], -1, -1)
+        with torch.no_grad():
+            if self.bm64 is not None:
+                return self.bm64.spec_net(lo.reshape(shape), hi.reshape(shape), Cb)[0]
+            f = torch.get_default_dtype()
+            low = self.bm.spec_net(lo.to(f).reshape(shape), hi.to(f).reshape(shape), Cb.to(f))[0].double()
+            return low - 1e-5 * (1 + low.abs())  # float32 bounds: keep a safety margin
+
+    def ort(self, x: np.ndarray) -> np.ndarray:
+        """onnxruntime's output for one flat input."""
+        shape = ((1,) if self.ort_batched else ()) + self.input_shape
+        y = self.sess.run(None, {self.ort_name: x.astype(np.float32).reshape(shape)})[0]
+        return np.asarray(y, dtype=np.float64).reshape(-1)
+
+
+def _to_double(bm: torch.nn.Module) -> torch.nn.Module | None:
+    """A float64 copy of the bound network, or None when the method does not run in float64."""
+    import copy
+
+    try:
+        bm64 = copy.deepcopy(bm).double()
+        x = torch.zeros(1, *bm.input_shape, dtype=torch.float64)
+        k = int(np.prod(bm.output_shape)) if bm.output_shape else 1
+        with torch.no_grad():
+            bm64.spec_net(x, x + 1e-3, torch.zeros(1, 1, k, dtype=torch.float64))
+        return bm64
+    except Exception:  # noqa: BLE001 - fall back to float32 with a margin
+        return None
+
+
+def _f32_inside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 boxes contained in the float64 box ``[lo, hi]`` (rounded inwards)."""
+    lo32, hi32 = lo.float(), hi.float()
+    lo32 = torch.where(lo32.double() < lo, torch.nextafter(lo32, torch.full_like(lo32, float("inf"))), lo32)
+    hi32 = torch.where(hi32.double() > hi, torch.nextafter(hi32, torch.full_like(hi32, float("-inf"))), hi32)
+    return lo32, torch.maximum(hi32, lo32)
+
+
+def _pad_disjuncts(disjuncts: list[tuple[Tensor, Tensor]], k: int) -> tuple[Tensor, Tensor]:
+    """Stack disjuncts into (D, S, K) / (D, S); padding rows never constrain (d = +big)."""
+    s = max(1, max(C.shape[0] for C, _ in disjuncts))
+    Cs = torch.zeros(len(disjuncts), s, k, dtype=torch.float64)
+    ds = torch.full((len(disjuncts), s), 1e30, dtype=torch.float64)
+    for i, (C, d) in enumerate(disjuncts):
+        Cs[i, :C.shape[0]] = C
+        ds[i, :C.shape[0]] = d
+    return Cs, ds
+
+
+class _Search:
+    """Falsification and proof for one input box."""
+
+    def __init__(self, model: VerifierModel, spec: Spec, opts: VerifyOptions, deadline: float,
+                 gen: torch.Generator) -> None:
+        self.m, self.spec, self.opts, self.deadline, self.gen = model, spec, opts, deadline, gen
+        self.Cs, self.ds = _pad_disjuncts(spec.disjuncts, model.num_outputs)
+        self.rows = [C.shape[0] for C, _ in spec.disjuncts]
+        self.C_all = torch.cat([C for C, _ in spec.disjuncts]) if sum(self.rows) else torch.zeros(0, model.num_outputs,
+                                                                                                dtype=torch.float64)
+        self.d_all = torch.cat([d for _, d in spec.disjuncts]) if sum(self.rows) else torch.zeros(0, dtype=torch.float64)
+        self.boxes = 0
+
+    # -- counterexamples ----------------------------------------------------------------
+    def violation(self, y: Tensor) -> Tensor:
+        """Per disjunct ``max_i (C y - d)_i`` (B, D): <= 0 means ``y`` is unsafe."""
+        return (torch.einsum("dsk,bk->bds", self.Cs.to(y.dtype), y) - self.ds.to(y.dtype)).amax(-1)
+
+    def confirm(self, x: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (x, y) pair when onnxruntime agrees that ``x`` (flat, float32) is unsafe."""
+        xn = x.detach().float().numpy().astype(np.float32)
+        lo, hi = self.spec.lower.numpy(), self.spec.upper.numpy()
+        if not (np.all(xn.astype(np.float64) >= lo) and np.all(xn.astype(np.float64) <= hi)):
+            return None
+        y = self.m.ort(xn)
+        for C, d in self.spec.disjuncts:
+            if np.all(C.numpy() @ y <= d.numpy()):
+                return xn, y
+        return None
+
+    def check_points(self, xs: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """Confirm the first few points (B, n) whose torch output looks unsafe."""
+        with torch.no_grad():
+            v = self.violation(self.m.forward(xs).double()).amin(1)
+        order = torch.argsort(v)
+        for i in order[:5].tolist():
+            if v[i] > 1e-4:
+                break
+            found = self.confirm(xs[i])
+            if found is not None:
+                return found
+        return None
+
+    def attack(self, lo: Tensor, hi: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """PGD with restarts on one box (flat float64 bounds), all disjuncts at once."""
+        lo32, hi32 = _f32_inside(lo, hi)
+        D, R = self.Cs.shape[0], self.opts.restarts
+        width = (hi32 - lo32)
+        u = torch.rand(R, D, lo.numel(), generator=self.gen)
+        u[0] = 0.5
+        x = (lo32 + width * u).reshape(R * D, -1)
+        eye = torch.eye(D).repeat(R, 1)
+        best = self.check_points(x)
+        if best is not None:
+            return best
+        for step in range(self.opts.steps):
+            if time.monotonic() > self.deadline:
+                break
+            x.requires_grad_(True)
+            v = self.violation(self.m.forward(x))
+            (grad,) = torch.autograd.grad((v * eye).sum(), x)
+            lr = 0.25 * (1 - step / self.opts.steps) + 0.01
+            with torch.no_grad():
+                x = torch.minimum(torch.maximum(x - lr * width * grad.sign(), lo32), hi32)
+        return self.check_points(x.detach())
+
+    # -- proof --------------------------------------------------------------------------
+    def open_disjuncts(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """(B, D) mask of disjuncts not excluded on each box."""
+        if self.C_all.shape[0] == 0:
+            return torch.ones(lo.shape[0], len(self.rows), dtype=torch.bool)
+        margin = self.m.bounds(lo, hi, self.C_all) - self.d_all  # (B, S_total)
+        excluded = (margin > 0).split(self.rows, dim=1)
+        cols = [e.any(1) if e.shape[1] else torch.zeros(lo.shape[0], dtype=torch.bool) for e in excluded]
+        return ~torch.stack(cols, 1)
+
+    def split(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[Tensor, Tensor]:
+        """Bisect each box along its input of largest width × |gradient| of the open rows."""
+        centre = ((lo + hi) / 2).float().requires_grad_(True)
+        y = self.m.forward(centre).double()
+        weights = open_.double()[:, torch.repeat_interleave(torch.arange(len(self.rows)), torch.tensor(self.rows))] \
+            if self.C_all.shape[0] else torch.zeros(lo.shape[0], 0, dtype=torch.float64)
+        obj = (torch.einsum("sk,bk->bs", self.C_all, y) * weights).sum()
+        grad = torch.autograd.grad(obj, centre)[0].double().abs() if obj.requires_grad else torch.ones_like(lo)
+        width = hi - lo
+        score = width * (grad + 1e-6 * grad.amax(1, keepdim=True) + 1e-12)
+        dim = score.argmax(1)
+        mid = ((lo + hi) / 2).gather(1, dim[:, None])
+        hi_left, lo_right = hi.clone(), lo.clone()
+        hi_left.scatter_(1, dim[:, None], mid)
+        lo_right.scatter_(1, dim[:, None], mid)
+        return torch.cat([lo, lo_right]), torch.cat([hi_left, hi])
+
+    def run(self) -> tuple[str, tuple | None, str]:
+        """``(status, counterexample, detail)`` for this box."""
+        lo, hi = self.spec.lower[None], self.spec.upper[None]
+        can_split = lo.shape[1] <= self.opts.max_split_dim
+        queue_lo, queue_hi = lo, hi
+        while queue_lo.shape[0]:
+            if time.monotonic() > self.deadline:
+                return "unknown", None, f"timeout with {queue_lo.shape[0]} open boxes"
+            b = self.opts.batch
+            blo, bhi, queue_lo, queue_hi = queue_lo[:b], queue_hi[:b], queue_lo[b:], queue_hi[b:]
+            self.boxes += blo.shape[0]
+            open_ = self.open_disjuncts(blo, bhi)
+            keep = open_.any(1)
+            if not bool(keep.any()):
+                continue
+            blo, bhi, open_ = blo[keep], bhi[keep], open_[keep]
+            lo32, hi32 = _f32_inside(blo, bhi)
+            found = self.check_points((lo32 + hi32) / 2)
+            if found is not None:
+                return "sat", found, "sub-box centre"
+            if not can_split:
+                return "unknown", None, "bounds too loose (input too large to split)"
+            if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
+                return "unknown", None, f"more than {self.opts.max_boxes} open boxes"
+            nlo, nhi = self.split(blo, bhi, open_)
+            queue_lo, queue_hi = torch.cat([nlo, queue_lo]), torch.cat([nhi, queue_hi])  # depth first
+        return "unsat", None, ""
+
+
+def verify(model: VerifierModel | str | os.PathLike, prop: str | os.PathLike,
+           opts: VerifyOptions | None = None) -> VerifyResult:
+    """Decide one VNN-LIB property on an ONNX model (see the module docstring)."""
+    opts = opts or VerifyOptions()
+    t0 = time.monotonic()
+    if not isinstance(model, VerifierModel):
+        model = VerifierModel(os.fspath(model), opts.method)
+    n_in, n_out, specs = read_vnnlib(prop)
+    model.check_property(n_in, n_out, os.fspath(prop))
+    deadline = t0 + opts.timeout
+    gen = torch.Generator().manual_seed(opts.seed)
+    boxes, status, detail = 0, "unsat", ""
+    # attack every box first (cheap), then prove them one by one
+    searches = [_Search(model, s, opts, deadline, gen) for s in specs]
+    for s in searches:
+        found = s.attack(s.spec.lower, s.spec.upper)
+        if found is not None:
+            return VerifyResult("sat", time.monotonic() - t0, found, "attack", 0, model.method)
+    for s in searches:
+        st, found, why = s.run()
+        boxes += s.boxes
+        if st == "sat":
+            return VerifyResult("sat", time.monotonic() - t0, found, why, boxes, model.method)
+        if st == "unknown":
+            status, detail = "unknown", why
+            break
+    return VerifyResult(status, time.monotonic() - t0, None, detail, boxes, model.method)
