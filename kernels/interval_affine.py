@@ -238,6 +238,8 @@ def _check(lower: Tensor, upper: Tensor, weight: Tensor, bias: Tensor | None, ou
         raise BoundcError(f"interval_affine: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     for name, t in (("lower", lower), ("upper", upper), ("weight", weight), ("bias", bias)):
         check_dtype(name, t)
+        if t is not None and t.numel() >= 2**31:
+            raise BoundcError(f"interval_affine: {name} has {t.numel()} elements; the kernels use 32-bit offsets" )
     check_device(lower, upper, weight, bias)
 
 
@@ -273,6 +275,7 @@ class _IntervalAffine(torch.autograd.Function):
         return o1.reshape(*lead, n), o2.reshape(*lead, n)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g1, g2):  # noqa: D102
         x_l, x_u, weight, bias = ctx.saved_tensors
         m, k = x_l.shape

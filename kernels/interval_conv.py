@@ -246,6 +246,8 @@ def _check(lower: Tensor, upper: Tensor, weight: Tensor, bias: Tensor | None, gr
         raise BoundcError(f"interval_conv: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     for name, t in (("lower", lower), ("upper", upper), ("weight", weight), ("bias", bias)):
         check_dtype(name, t)
+        if t is not None and t.numel() >= 2**31:
+            raise BoundcError(f"interval_conv: {name} has {t.numel()} elements; the kernels use 32-bit offsets" )
     check_device(lower, upper, weight, bias)
 
 
@@ -276,6 +278,7 @@ class _IntervalConv(torch.autograd.Function):
         return o1, o2
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g1, g2):  # noqa: D102
         lower, upper, weight, bias = ctx.saved_tensors
         (sh, sw), (ph, pw), (dh, dw) = ctx.geom
