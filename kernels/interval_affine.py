@@ -239,7 +239,7 @@ def _check(lower: Tensor, upper: Tensor, weight: Tensor, bias: Tensor | None, ou
     for name, t in (("lower", lower), ("upper", upper), ("weight", weight), ("bias", bias)):
         check_dtype(name, t)
         if t is not None and t.numel() >= 2**31:
-            raise BoundcError(f"interval_affine: {name} has {t.numel()} elements; the kernels use 32-bit offsets" )
+            raise BoundcError(f"interval_affine: {name} has {t.numel()} elements; the kernels use 32-bit offsets")
     check_device(lower, upper, weight, bias)
 
 
