@@ -85,7 +85,7 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: BoundCache | None = None,
-             num_classes: int = 10) -> EvalResult:
+             num_classes: int | None = None) -> EvalResult:
     """Clean accuracy on all of ``x``, PGD on the first ``pgd_limit``, verified accuracy per method
     on the first ``verify_limit`` (methods not available in this build are reported as skipped)."""
     import boundc
@@ -93,6 +93,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: Bou
     was = model.training
     model.eval()
     cache = cache or BoundCache(model, x[:2])
+    if num_classes is None:
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[1])
     t = time.perf_counter()
     res = EvalResult(cfg.eps, len(y), clean_accuracy(model, x, y, cfg.batch_size))
     res.seconds["clean"] = time.perf_counter() - t
