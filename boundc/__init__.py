@@ -4,6 +4,7 @@
 >>> lower, upper = bm(*boundc.linf_box(x, eps=0.1, clip=(0, 1)))
 """
 
+from boundc import methods_linear  # noqa: F401  (registers crown, fast-lin, crown-ibp, alpha-crown, forward)
 from boundc import passes as _passes  # noqa: F401  (registers the rules)
 from boundc.bound_module import BoundModule
 from boundc.codegen import methods

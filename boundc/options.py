@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    """Options of the linear-relaxation methods (crown, fast-lin, crown-ibp, forward, alpha-crown).
+
+    Attributes:
+        chunk_size: neurons per backward pass for intermediate bounds (memory is
+            about ``batch * chunk_size * node size`` per coefficient tensor).
+        alpha_iterations: Adam steps of alpha-CROWN on the lower ReLU slopes.
+        alpha_lr: Adam learning rate of alpha-CROWN.
+        intersect_ibp: intersect backward intermediate bounds with IBP (sound and
+            never looser; only neurons IBP leaves unstable get backward passes).
+    """
+
+    chunk_size: int = 64
+    alpha_iterations: int = 20
+    alpha_lr: float = 0.5
+    intersect_ibp: bool = False
 
 
 @dataclass(frozen=True)
@@ -17,8 +36,10 @@ class CompileOptions:
         elide_last_layer: fold the spec ``C`` into a trailing linear layer.
         kernels: ``"auto"`` uses Triton kernels for CUDA tensors when available,
             ``"torch"`` always the pure-torch rules, ``"triton"`` insists on kernels.
+        linear: options of the linear-relaxation methods (:class:`LinearOptions`).
     """
 
     check_inputs: bool = True
     elide_last_layer: bool = True
     kernels: Literal["auto", "torch", "triton"] = "auto"
+    linear: LinearOptions = field(default_factory=LinearOptions)

@@ -1,0 +1,483 @@
+"""Backward linear relaxation (CROWN / Fast-Lin / α): per-op rules in domain ``"backward"``.
+
+A backward pass carries, for a node ``v`` of per-sample shape ``shape``, a
+:class:`Coeffs` state: lower/upper coefficient tensors ``lA``, ``uA`` of shape
+``(B, S, *shape)`` and biases ``lb``, ``ub`` of shape ``(B, S)`` such that for
+every input in the box
+
+    lA·v + lb  <=  (the S bounded quantities)  <=  uA·v + ub.
+
+Each rule maps the state at a node's output to one state per input (``None``
+for constant inputs) and returns them as a tuple aligned with the node's
+inputs.  Affine ops transpose their linear part (the weight for ``linear``,
+autograd's ``conv_input`` for ``conv``, :func:`torch.func.vjp` for every other
+affine op) and move their constant part into the bias.  The accumulated bias
+travels to the *first* perturbed input only, so that summing the states of a
+node with several users (ResNet skips, concat) counts every bias once.
+Activations take their pre-activation bounds and use :mod:`.relaxation`.
+
+Rules receive keyword ``in_shapes`` (per-sample shape of each input, ``None``
+for absent ones) in addition to the node's attrs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import concrete
+from .interval import Interval
+from .registry import rule
+from .relaxation import relax
+
+DOMAIN = "backward"
+
+
+class Coeffs(NamedTuple):
+    """Lower/upper linear bounds ``lA·v + lb``, ``uA·v + ub`` on S quantities in terms of a node ``v``."""
+
+    lA: Tensor
+    uA: Tensor
+    lb: Tensor
+    ub: Tensor
+
+
+# -- helpers ---------------------------------------------------------------------
+
+def _dot(A: Tensor, t: Tensor) -> Tensor:
+    """``sum over the node dims of A * t`` → (B, S); ``t`` is a constant broadcast against the node."""
+    return (A * _align(t, A.dim() - 1)).flatten(2).sum(-1)
+
+
+def _align(t: Tensor | float, node_ndim: int) -> Tensor | float:
+    """Insert the S dimension into a constant with a batch dimension (rank == node rank incl. batch)."""
+    if isinstance(t, Tensor) and t.dim() == node_ndim:
+        return t.unsqueeze(1)
+    return t
+
+
+def _sum_to(A: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Undo broadcasting: sum ``A`` (B, S, *out) down to (B, S, *shape)."""
+    out = A.shape[2:]
+    if tuple(out) == tuple(shape):
+        return A
+    lead = len(out) - len(shape)
+    if lead:
+        A = A.sum(dim=tuple(range(2, 2 + lead)))
+    dims = tuple(2 + i for i, (s, o) in enumerate(zip(shape, A.shape[2:])) if s == 1 and o != 1)
+    return A.sum(dim=dims, keepdim=True) if dims else A
+
+
+def zero_bias_like(c: Coeffs) -> Coeffs:
+    """The same coefficients with zero bias (for every input but the first perturbed one)."""
+    return Coeffs(c.lA, c.uA, torch.zeros_like(c.lb), torch.zeros_like(c.ub))
+
+
+def add_coeffs(a: Coeffs, b: Coeffs) -> Coeffs:
+    """Sum of the contributions of two users of one node."""
+    return Coeffs(a.lA + b.lA, a.uA + b.uA, a.lb + b.lb, a.ub + b.ub)
+
+
+def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float = 0.0,
+               ubias: Tensor | float = 0.0) -> Coeffs:
+    """Apply the transposed linear map ``fn`` to both coefficient tensors and add biases.
+
+    While lower and upper coefficients are still one tensor (before the first
+    activation) the map runs once.
+    """
+    lA = fn(c.lA)
+    return Coeffs(lA, lA if c.uA is c.lA else fn(c.uA), c.lb + lbias, c.ub + ubias)
+
+
+def vjp_transpose(fn: Callable[[Tensor], Tensor], A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
+    """Transpose of the linear part of the per-sample affine map ``fn`` applied to ``A`` (B, S, *out).
+
+    Uses :func:`torch.func.vjp` with the S dimension folded into the batch.
+    """
+    B, S = A.shape[:2]
+    primal = torch.zeros((B * S,) + tuple(in_shape), dtype=A.dtype, device=A.device)
+    _, pullback = torch.func.vjp(fn, primal)
+    (g,) = pullback(A.reshape((B * S,) + tuple(A.shape[2:])))
+    return g.reshape((B, S) + tuple(in_shape))
+
+
+def concretize(c: Coeffs, x_lower: Tensor, x_upper: Tensor) -> Interval:
+    """Bounds of the S quantities over the input box: ``A·centre ∓ |A|·radius + bias``."""
+    centre = ((x_upper + x_lower) / 2).flatten(1)
+    radius = ((x_upper - x_lower) / 2).flatten(1)
+    lA, uA = c.lA.flatten(2), c.uA.flatten(2)
+    lower = torch.einsum("bsn,bn->bs", lA, centre) - torch.einsum("bsn,bn->bs", lA.abs(), radius) + c.lb
+    upper = torch.einsum("bsn,bn->bs", uA, centre) + torch.einsum("bsn,bn->bs", uA.abs(), radius) + c.ub
+    return Interval(lower, upper)
+
+
+# -- start states -------------------------------------------------------------------
+
+def start_identity(x_lower: Tensor, shape: tuple[int, ...], start: int = 0, stop: int | None = None) -> Coeffs:
+    """Identity coefficients for neurons ``start:stop`` of a node of per-sample ``shape`` (a chunk)."""
+    n = 1
+    for d in shape:
+        n *= d
+    stop = n if stop is None else stop
+    B = x_lower.shape[0]
+    eye = torch.zeros(stop - start, n, dtype=x_lower.dtype, device=x_lower.device)
+    eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
+    A = eye.reshape((1, stop - start) + tuple(shape)).expand((B, stop - start) + tuple(shape))
+    zero = torch.zeros(B, stop - start, dtype=x_lower.dtype, device=x_lower.device)
+    return Coeffs(A, A, zero, zero)
+
+
+def start_linear(x_lower: Tensor, weight: Tensor, bias: Tensor | None, start: int = 0,
+                 stop: int | None = None) -> Coeffs:
+    """Structured start at the *input* of a linear layer: rows ``start:stop`` of its weight (no identity)."""
+    B = x_lower.shape[0]
+    w = weight[start:stop]
+    A = w.unsqueeze(0).expand((B,) + tuple(w.shape))
+    b = (torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else bias[start:stop])
+    b = b.unsqueeze(0).expand(B, w.shape[0])
+    return Coeffs(A, A, b, b)
+
+
+def start_spec(C: Tensor) -> Coeffs:
+    """Start at the logits from the spec ``C`` (B, S, K): the spec is never bounded via the logits."""
+    zero = torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device)
+    return Coeffs(C, C, zero, zero)
+
+
+def start_spec_linear(C: Tensor, weight: Tensor, bias: Tensor | None) -> Coeffs:
+    """Start at the input of an elided last layer: ``C·W`` and bias ``C·b``."""
+    A = torch.einsum("bsk,ki->bsi", C, weight)
+    b = torch.zeros(C.shape[:2], dtype=C.dtype, device=C.device) if bias is None else torch.einsum("bsk,k->bs", C,
+                                                                                                     bias)
+    return Coeffs(A, A, b, b)
+
+
+# -- affine rules --------------------------------------------------------------------
+
+@rule("identity", DOMAIN)
+def identity(c: Coeffs, x, *, in_shapes) -> tuple:
+    """Unchanged."""
+    return (c,)
+
+
+@rule("linear", DOMAIN)
+def linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes) -> tuple:
+    """``A·W``; the bias moves into the bias term."""
+    lb = 0.0 if bias is None else _dot(c.lA, bias)
+    ub = 0.0 if bias is None else _dot(c.uA, bias)
+    return (map_coeffs(c, lambda A: A @ weight, lb, ub), None, None)
+
+
+_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+
+
+@rule("conv", DOMAIN)
+def conv(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, dilation,
+         groups) -> tuple:
+    """Transposed convolution (autograd's input gradient of the conv); the bias moves into the bias term."""
+    in_shape = tuple(in_shapes[0])
+    grad_in = _CONV_INPUT[weight.dim() - 2]
+
+    def tr(A: Tensor) -> Tensor:
+        B, S = A.shape[:2]
+        g = grad_in((B * S,) + in_shape, weight, A.reshape((B * S,) + tuple(A.shape[2:])), stride, padding,
+                    dilation, groups)
+        return g.reshape((B, S) + in_shape)
+
+    def bias_of(A: Tensor) -> Tensor | float:
+        return 0.0 if bias is None else A.flatten(3).sum(-1) @ bias
+
+    return (map_coeffs(c, tr, bias_of(c.lA), bias_of(c.uA)), None, None)
+
+
+@rule("scale_shift", DOMAIN)
+def scale_shift(c: Coeffs, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
+    """``A * scale`` (summed over broadcast dims); ``A·shift`` into the bias."""
+    nd = c.lA.dim() - 1
+    s = None if scale is None else _align(scale, nd)
+    lb = 0.0 if shift is None else _dot(c.lA, shift)
+    ub = 0.0 if shift is None else _dot(c.uA, shift)
+    shape = tuple(in_shapes[0])
+    return (map_coeffs(c, lambda A: _sum_to(A if s is None else A * s, shape), lb, ub), None, None)
+
+
+@rule("spec", DOMAIN)
+def spec(c: Coeffs, y, C: Tensor, *, in_shapes) -> tuple:
+    """``A·C`` (per sample).  Methods start from ``C`` directly; this rule serves other roots."""
+    return (map_coeffs(c, lambda A: torch.einsum("bts,bsk->btk", A, C)), None)
+
+
+@rule("spec_linear", DOMAIN)
+def spec_linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, C: Tensor, *, in_shapes) -> tuple:
+    """``A·C·W``; ``A·C·b`` into the bias."""
+    lb = 0.0 if bias is None else torch.einsum("bts,bsk,k->bt", c.lA, C, bias)
+    ub = 0.0 if bias is None else torch.einsum("bts,bsk,k->bt", c.uA, C, bias)
+    return (map_coeffs(c, lambda A: torch.einsum("bts,bsk,ki->bti", A, C, weight), lb, ub), None, None, None)
+
+
+def _two_inputs(c: Coeffs, x, y, in_shapes, sign: float) -> tuple:
+    """Shared by add (sign +1) and sub (sign -1)."""
+    xp, yp = isinstance(x, Interval), isinstance(y, Interval)
+    out: list[Coeffs | None] = [None, None]
+    bias = c
+    if not xp:
+        bias = Coeffs(c.lA, c.uA, c.lb + _dot(c.lA, x), c.ub + _dot(c.uA, x))
+    if not yp:
+        bias = Coeffs(c.lA, c.uA, bias.lb + sign * _dot(c.lA, y), bias.ub + sign * _dot(c.uA, y))
+    if xp:
+        out[0] = map_coeffs(bias, lambda A: _sum_to(A, tuple(in_shapes[0])))
+    if yp:
+        src = zero_bias_like(c) if xp else bias
+        if sign > 0:
+            out[1] = map_coeffs(src, lambda A: _sum_to(A, tuple(in_shapes[1])))
+        else:  # -y: lower of -y is -upper of y
+            out[1] = Coeffs(-_sum_to(src.lA, tuple(in_shapes[1])), -_sum_to(src.uA, tuple(in_shapes[1])),
+                            src.lb, src.ub)
+    return tuple(out)
+
+
+@rule("add", DOMAIN)
+def add(c: Coeffs, x, y, *, in_shapes) -> tuple:
+    """Both perturbed inputs receive the coefficients (bias to the first); a constant goes to the bias."""
+    return _two_inputs(c, x, y, in_shapes, 1.0)
+
+
+@rule("sub", DOMAIN)
+def sub(c: Coeffs, x, y, *, in_shapes) -> tuple:
+    """``x - y``: the second input receives ``-A``."""
+    return _two_inputs(c, x, y, in_shapes, -1.0)
+
+
+def _affine_op(fn: Callable[..., Tensor]) -> Callable[..., tuple]:
+    """Backward rule of a parameter-free affine op ``fn(x, **attrs)``: vjp transpose, ``A·fn(0)`` bias."""
+
+    def backward(c: Coeffs, x, *, in_shapes, **attrs) -> tuple:
+        shape = tuple(in_shapes[0])
+
+        def f(v: Tensor) -> Tensor:
+            return fn(v, **attrs)
+
+        f0 = f(torch.zeros((1,) + shape, dtype=c.lA.dtype, device=c.lA.device))
+        const = bool(f0.any())
+        lb = _dot(c.lA, f0[0]) if const else 0.0
+        ub = _dot(c.uA, f0[0]) if const else 0.0
+        return (map_coeffs(c, lambda A: vjp_transpose(f, A, shape), lb, ub),)
+
+    backward.__name__ = fn.__name__
+    backward.__qualname__ = fn.__name__
+    backward.__doc__ = f"Transpose of ``{fn.__name__}`` by vjp; its constant part into the bias."
+    return backward
+
+
+for _op in ("reshape", "permute", "pad", "avg_pool2d", "adaptive_avg_pool2d"):
+    rule(_op, DOMAIN)(_affine_op(getattr(concrete, _op)))
+
+
+@rule("concat", DOMAIN)
+def concat(c: Coeffs, *xs, in_shapes, dim: int) -> tuple:
+    """Split ``A`` along the concat dim; constants contribute to the bias, the bias goes to the first input."""
+    d = dim + 1 if dim >= 0 else dim
+    sizes = [s[dim - 1] if dim >= 0 else s[dim] for s in in_shapes]
+    lparts, uparts = c.lA.split(sizes, d), c.uA.split(sizes, d)
+    lb, ub = c.lb, c.ub
+    for x, la, ua in zip(xs, lparts, uparts):
+        if not isinstance(x, Interval):
+            lb, ub = lb + _dot(la, x), ub + _dot(ua, x)
+    out: list[Coeffs | None] = []
+    first = True
+    for x, la, ua in zip(xs, lparts, uparts):
+        if isinstance(x, Interval):
+            out.append(Coeffs(la, ua, lb, ub) if first else Coeffs(la, ua, torch.zeros_like(lb), torch.zeros_like(ub)))
+            first = False
+        else:
+            out.append(None)
+    return tuple(out)
+
+
+# -- non-linear rules ------------------------------------------------------------------
+
+def _split(A: Tensor) -> tuple[Tensor, Tensor]:
+    return A.clamp(min=0), A.clamp(max=0)
+
+
+def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = "crown", alpha: tuple | None = None,
+                   **attrs) -> Coeffs:
+    """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
+    l, u = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
+    if alpha is None:
+        low = up = relax(op, l, u, mode, **attrs)
+    else:
+        low, up = relax(op, l, u, mode, alpha[0], **attrs), relax(op, l, u, mode, alpha[1], **attrs)
+    lpos, upos = c.lA >= 0, c.uA >= 0
+    lA = c.lA * torch.where(lpos, low.lw, low.uw)
+    uA = c.uA * torch.where(upos, up.uw, up.lw)
+    lb = c.lb + (c.lA * torch.where(lpos, low.lb, low.ub)).flatten(2).sum(-1)
+    ub = c.ub + (c.uA * torch.where(upos, up.ub, up.lb)).flatten(2).sum(-1)
+    return Coeffs(lA, uA, lb, ub)
+
+
+def _activation(op: str) -> Callable[..., tuple]:
+    def backward(c: Coeffs, x: Interval, *, in_shapes, mode: str = "crown", alpha: tuple | None = None,
+                 **attrs) -> tuple:
+        return (relax_backward(c, x, op=op, mode=mode, alpha=alpha, **attrs),)
+
+    backward.__name__ = backward.__qualname__ = f"{op}_backward"
+    backward.__doc__ = f"Back through ``{op}`` with its relaxation lines from the pre-activation bounds."
+    return backward
+
+
+for _op in ("relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "softplus"):
+    rule(_op, DOMAIN)(_activation(_op))
+
+
+@rule("max_pool2d", DOMAIN)
+def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, padding, dilation, ceil_mode) -> tuple:
+    """Max pooling: lower line = the window entry with the largest lower bound, upper line = the window's
+    largest upper bound (a constant)."""
+    kw = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    _, idx = F.max_pool2d(x.lower, return_indices=True, **kw)
+    top = F.max_pool2d(x.upper, **kw)
+    in_shape = tuple(in_shapes[0])
+    B, S = c.lA.shape[:2]
+    index = idx.flatten(2).unsqueeze(1).expand(B, S, idx.shape[1], idx[0, 0].numel())
+
+    def select_t(A: Tensor) -> Tensor:  # transpose of x -> x.flatten(2).gather(idx)
+        out = torch.zeros((B, S, in_shape[0], in_shape[1] * in_shape[2]), dtype=A.dtype, device=A.device)
+        return out.scatter_add(3, index, A.flatten(3)).reshape((B, S) + in_shape)
+
+    lp, ln = _split(c.lA)
+    up_, un = _split(c.uA)
+    lA, uA = select_t(lp), select_t(un)
+    lb = c.lb + _dot(ln, top)
+    ub = c.ub + _dot(up_, top)
+    return (Coeffs(lA, uA, lb, ub),)
+
+
+
+
+# -- drivers: run a generated backward walk over chunks / with optimised slopes -----------
+
+def _call_walk(walk: Callable, names: tuple[str, ...], args: dict, **extra) -> Interval:
+    """Call a generated walk module with its placeholders filled by name."""
+    return Interval(*walk(*[extra[n] if n in extra else args.get(n) for n in names]))
+
+
+def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: str,
+                    chunk_size: int, weight: Tensor | None = None, bias: Tensor | None = None,
+                    ibp: Interval | None = None) -> Interval:
+    """Bounds of every neuron of a node by backward passes over chunks of its neurons.
+
+    ``walk`` is the generated backward pass from the node (or, for ``start="linear"``,
+    from the linear layer's input, started from rows of ``weight``).  With ``ibp``
+    the result is intersected with it and only neurons IBP leaves unstable
+    (``l < 0 < u``) are computed.
+    """
+    x_lower = args["x_lower"]
+    n = 1
+    for d in shape:
+        n *= d
+    B = x_lower.shape[0]
+    if ibp is not None:
+        lower, upper = ibp.lower.reshape(B, n), ibp.upper.reshape(B, n)
+        unstable = ((lower < 0) & (upper > 0)).any(0).nonzero().flatten()
+    else:
+        lower = upper = None
+        unstable = None
+    todo = n if unstable is None else int(unstable.numel())
+    lows, ups = [], []
+    for s in range(0, todo, max(1, chunk_size)):
+        e = min(todo, s + chunk_size)
+        if unstable is None:
+            st = (start_linear(x_lower, weight, bias, s, e) if start == "linear"
+                  else start_identity(x_lower, shape, s, e))
+        else:
+            idx = unstable[s:e]
+            st = _start_rows(x_lower, shape, idx, start, weight, bias)
+        out = _call_walk(walk, names, args, start=st)
+        lows.append(out.lower)
+        ups.append(out.upper)
+    if unstable is None:
+        return Interval(torch.cat(lows, 1).reshape((B,) + tuple(shape)), torch.cat(ups, 1).reshape((B,) + tuple(shape)))
+    if todo:
+        lower = lower.index_copy(1, unstable, torch.maximum(torch.cat(lows, 1), lower[:, unstable]))
+        upper = upper.index_copy(1, unstable, torch.minimum(torch.cat(ups, 1), upper[:, unstable]))
+    return Interval(lower.reshape((B,) + tuple(shape)), upper.reshape((B,) + tuple(shape)))
+
+
+def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: str, weight: Tensor | None,
+                bias: Tensor | None) -> Coeffs:
+    """Start coefficients for the selected neurons ``idx`` of a node."""
+    B, k = x_lower.shape[0], idx.numel()
+    zero = torch.zeros(B, k, dtype=x_lower.dtype, device=x_lower.device)
+    if start == "linear":
+        w = weight[idx].unsqueeze(0).expand((B,) + (k, weight.shape[1]))
+        b = zero if bias is None else bias[idx].unsqueeze(0).expand(B, k)
+        return Coeffs(w, w, b, b)
+    n = 1
+    for d in shape:
+        n *= d
+    eye = torch.zeros(k, n, dtype=x_lower.dtype, device=x_lower.device)
+    eye[torch.arange(k), idx] = 1
+    A = eye.reshape((1, k) + tuple(shape)).expand((B, k) + tuple(shape))
+    return Coeffs(A, A, zero, zero)
+
+
+def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Coeffs, relu_bounds: dict, *,
+                   iterations: int, lr: float) -> Interval:
+    """α-CROWN: optimise the lower slopes of unstable ReLUs (per spec row) with Adam, clamped to [0, 1].
+
+    Slopes start at the adaptive CROWN choice and the best slopes seen per bounded
+    quantity are kept, so the result is never looser than CROWN; any slope in
+    [0, 1] is sound.  The final bound is recomputed with the (detached) best slopes
+    and the live inputs, so gradients reach the model's parameters.
+    """
+    S = start.lA.shape[1]
+    init = {}
+    for name, b in relu_bounds.items():
+        a = (b.upper > -b.lower).to(b.lower.dtype).unsqueeze(1)
+        init[name] = a.expand((a.shape[0], S) + tuple(a.shape[2:]))
+    det = {k: (Interval(v.lower.detach(), v.upper.detach()) if isinstance(v, Interval) else
+               (v.detach() if isinstance(v, Tensor) else v)) for k, v in args.items()}
+    dstart = Coeffs(*(t.detach() for t in start))
+    best_l = best_u = None
+    best = {k: (v.clone(), v.clone()) for k, v in init.items()}
+    with torch.enable_grad():
+        params = {k: (v.clone().requires_grad_(True), v.clone().requires_grad_(True)) for k, v in init.items()}
+        opt = torch.optim.Adam([p for pair in params.values() for p in pair], lr=lr) if params else None
+        for it in range(iterations + 1):
+            out = _call_walk(walk, names, det, start=dstart, **params)
+            lo, up = out.lower.detach(), out.upper.detach()
+            if best_l is None:
+                best_l, best_u = lo, up
+                better_l = better_u = torch.ones_like(lo, dtype=torch.bool)
+            else:
+                better_l, better_u = lo > best_l, up < best_u
+                best_l, best_u = torch.maximum(best_l, lo), torch.minimum(best_u, up)
+            for k, (pl, pu) in params.items():
+                ml = better_l.reshape(better_l.shape + (1,) * (pl.dim() - 2))
+                mu = better_u.reshape(better_u.shape + (1,) * (pu.dim() - 2))
+                best[k] = (torch.where(ml, pl.detach(), best[k][0]), torch.where(mu, pu.detach(), best[k][1]))
+            if it == iterations or opt is None:
+                break
+            loss = out.upper.sum() - out.lower.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for pl, pu in params.values():
+                    pl.clamp_(0, 1)
+                    pu.clamp_(0, 1)
+    return _call_walk(walk, names, args, start=start, **best)
+
+
+def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """(B, S) bounds of an output of per-sample ``shape`` back to (B, *shape)."""
+    return t.reshape((t.shape[0],) + tuple(shape))
+
+
+__all__ = ["Coeffs", "add_coeffs", "alpha_optimize", "backward_bounds", "concretize", "relax_backward",
+           "start_identity", "start_linear", "start_spec", "start_spec_linear", "vjp_transpose"]

@@ -1,0 +1,1 @@
+"""Forward symbolic linear bounds (placeholder, filled in below)."""

@@ -1,0 +1,115 @@
+"""Planning for the linear-relaxation methods: which intermediate bounds are needed and how to get them.
+
+* Only the (perturbed) inputs of non-linear ops need concrete bounds.
+* A node reached from the input through a single mixing op (linear / conv /
+  pooling) and elementwise or structural ops only has an *exact* interval: IBP
+  gives the same bound as any backward pass there, so no backward pass is run.
+* A backward pass for a node with a ``linear`` op and constant weight starts at
+  the layer's input from the weight rows (no identity); otherwise it starts from
+  an identity chunk.  Passes are chunked over the node's neurons so that the
+  coefficient tensors stay at ``batch × chunk_size × (node size)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from boundc.ir import Graph
+
+from .relaxation import ACTIVATIONS
+
+#: Ops whose backward rule needs the concrete bounds of their input.
+NONLINEAR = set(ACTIVATIONS) | {"max_pool2d"}
+#: Ops that mix entries of their input linearly (IBP is exact for one of them, not for a chain).
+MIXING = {"linear", "conv", "avg_pool2d", "adaptive_avg_pool2d"}
+#: Elementwise or structural affine ops that keep an exact box exact.
+STRUCTURAL = {"identity", "scale_shift", "reshape", "permute", "pad"}
+
+
+@dataclass(frozen=True)
+class BoundPlan:
+    """How one intermediate bound is obtained.
+
+    ``how`` is ``"input"`` (the input box), ``"ibp"`` (exact interval), or
+    ``"backward"``; ``root`` is the node a backward pass starts at (the node
+    itself, or a linear layer's input for the structured start ``start="linear"``).
+    """
+
+    node: str
+    how: str
+    root: str
+    start: str
+    numel: int
+
+
+def needed_bounds(g: Graph) -> list[str]:
+    """Perturbed inputs of non-linear ops, in topological order."""
+    need: set[str] = set()
+    for n in g:
+        if n.perturbed and n.op in NONLINEAR:
+            need.update(i for i in n.inputs if i is not None and g[i].perturbed)
+    return [n.name for n in g if n.name in need]
+
+
+def ibp_exact(g: Graph) -> set[str]:
+    """Nodes whose IBP interval is exact (at most one mixing op between them and the input)."""
+    mixes: dict[str, int] = {}
+    for n in g:
+        if n.op == "input":
+            mixes[n.name] = 0
+            continue
+        if not n.perturbed:
+            continue
+        pert = [i for i in n.inputs if i is not None and g[i].perturbed]
+        if len(pert) != 1 or pert[0] not in mixes or n.op not in MIXING | STRUCTURAL:
+            continue
+        k = mixes[pert[0]] + (n.op in MIXING)
+        if k <= 1:
+            mixes[n.name] = k
+    return set(mixes)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape[1:]:
+        out *= d
+    return out
+
+
+def plan_bounds(g: Graph, backward: bool = True) -> list[BoundPlan]:
+    """One :class:`BoundPlan` per needed intermediate bound (see module docstring)."""
+    exact = ibp_exact(g)
+    plans = []
+    for name in needed_bounds(g):
+        n = g[name]
+        if n.op == "input":
+            plans.append(BoundPlan(name, "input", name, "", _numel(n.shape)))
+        elif name in exact or not backward:
+            plans.append(BoundPlan(name, "ibp", name, "", _numel(n.shape)))
+        elif (n.op == "linear" and len(n.shape) == 2 and g[n.inputs[0]].perturbed
+              and not g[n.inputs[1]].perturbed and not g[n.inputs[1]].batched):
+            plans.append(BoundPlan(name, "backward", n.inputs[0], "linear", _numel(n.shape)))
+        else:
+            plans.append(BoundPlan(name, "backward", name, "identity", _numel(n.shape)))
+    return plans
+
+
+def ancestors(g: Graph, root: str) -> list[str]:
+    """Perturbed ancestors of ``root`` (``root`` included) in topological order."""
+    seen = {root}
+    stack = [root]
+    while stack:
+        for i in g[stack.pop()].inputs:
+            if i is not None and g[i].perturbed and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return [n.name for n in g if n.name in seen]
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)`` in pieces of at most ``size``."""
+    size = max(1, int(size))
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+__all__ = ["BoundPlan", "ancestors", "chunks", "ibp_exact", "needed_bounds", "plan_bounds"]
