@@ -21,6 +21,7 @@ from boundc.errors import BoundcError
 from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
 from boundc.passes.analysis import check_rules
+from boundc.passes.fuse import fuse_relu_affine
 from boundc.passes.interval import Interval
 from boundc.passes.registry import get_rule
 
@@ -28,14 +29,16 @@ from boundc.passes.registry import get_rule
 INPUT_NAMES = ("x_lower", "x_upper", "C", "x_clean")
 
 MethodBuilder = Callable[["Emitter", CompileOptions], tuple[fx.Node, fx.Node]]
-_METHODS: dict[str, tuple[MethodBuilder, tuple[str, ...]]] = {}
+GraphPass = Callable[[Graph, CompileOptions], Graph]
+_METHODS: dict[str, tuple[MethodBuilder, tuple[str, ...], GraphPass | None]] = {}
 
 
-def method(name: str, domains: tuple[str, ...]) -> Callable[[MethodBuilder], MethodBuilder]:
-    """Register a bound method; ``domains`` lists the rule domains it needs."""
+def method(name: str, domains: tuple[str, ...], prepare: GraphPass | None = None) -> Callable[[MethodBuilder], MethodBuilder]:
+    """Register a bound method; ``domains`` lists the rule domains it needs, ``prepare``
+    an optional method-specific Graph → Graph pass run before codegen (e.g. fusion)."""
 
     def register(fn: MethodBuilder) -> MethodBuilder:
-        _METHODS[name] = (fn, domains)
+        _METHODS[name] = (fn, domains, prepare)
         return fn
 
     return register
@@ -123,7 +126,9 @@ def build(g: Graph, name: str, options: CompileOptions) -> fx.GraphModule:
     """Generate the bound network of ``g`` for method ``name``."""
     if name not in _METHODS:
         raise BoundcError(f"unknown method {name!r}; available: {', '.join(methods())}")
-    fn, domains = _METHODS[name]
+    fn, domains, prepare = _METHODS[name]
+    if prepare is not None:
+        g = prepare(g, options)
     check_rules(g, domains)
     em = Emitter(g)
     lower, upper = fn(em, options)
@@ -158,7 +163,7 @@ def output_bounds(em: Emitter) -> tuple[fx.Node, fx.Node]:
     return em.attr(v, "lower"), em.attr(v, "upper")
 
 
-@method("ibp", ("interval",))
+@method("ibp", ("interval",), prepare=lambda g, options: fuse_relu_affine(g, options.kernels))
 def ibp(em: Emitter, options: CompileOptions) -> tuple[fx.Node, fx.Node]:
     """Interval bound propagation (Gowal et al. 2018)."""
     emit_interval(em)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -84,10 +85,7 @@ def interval_linear(x: Interval | Tensor, weight: Tensor, bias: Tensor | None, *
         from .interval_affine import interval_affine
 
         return Interval(*interval_affine(x.lower, x.upper, weight, bias, relu_input=relu_input))
-    lower, upper = (torch.relu(x.lower), torch.relu(x.upper)) if relu_input else (x.lower, x.upper)
-    c, r = (upper + lower) / 2, (upper - lower) / 2
-    centre, radius = F.linear(c, weight, bias), F.linear(r, weight.abs())
-    return Interval(centre - radius, centre + radius)
+    return _torch_affine(F.linear, x, weight, bias, relu_input)
 
 
 def interval_conv(x: Interval | Tensor, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
@@ -100,10 +98,25 @@ def interval_conv(x: Interval | Tensor, weight: Tensor, bias: Tensor | None, *, 
         from .interval_conv import interval_conv as fused
 
         return Interval(*fused(x.lower, x.upper, weight, bias, relu_input=relu_input, **kw))
+    return _torch_affine(partial(concrete.conv, **kw), x, weight, bias, relu_input)
+
+
+def _torch_affine(apply: Callable[[Tensor, Tensor, Tensor | None], Tensor], x: Interval, weight: Tensor,
+                  bias: Tensor | None, relu_input: bool) -> Interval:
+    """The torch path of an interval affine op ``apply(input, weight, bias)``.
+
+    ``W·c + b`` and ``|W|·r`` are computed as ``(W/2)·(u + l) + b`` and
+    ``(|W|/2)·(u - l)``: halving the (small) weight instead of the (large)
+    activations saves two elementwise passes and is bit-for-bit the same (a
+    power-of-two scaling is exact).  The upper bound is formed in place in the
+    freshly computed centre, which linear/conv do not keep for their backward.
+    """
     lower, upper = (torch.relu(x.lower), torch.relu(x.upper)) if relu_input else (x.lower, x.upper)
-    c, r = (upper + lower) / 2, (upper - lower) / 2
-    centre, radius = concrete.conv(c, weight, bias, **kw), concrete.conv(r, weight.abs(), None, **kw)
-    return Interval(centre - radius, centre + radius)
+    centre = apply(upper + lower, weight * 0.5, bias)
+    radius = apply(upper - lower, weight.abs() * 0.5, None)
+    lower = centre - radius
+    upper = centre + radius if exporting() else centre.add_(radius)
+    return Interval(lower, upper)
 
 
 __all__ = ["BACKENDS", "exporting", "interval_conv", "interval_linear", "triton_available", "use_triton"]
