@@ -63,3 +63,12 @@ class BoundModule(nn.Module):
         """Per-sample verified flags: every row of ``C @ y`` has a positive lower bound."""
         lower, _ = self(x_lower, x_upper, C)
         return (lower > 0).all(dim=1)
+
+    def export_onnx(self, path, spec: str | None = None) -> None:
+        """Write an ONNX certifier (inputs x_lower, x_upper[, C | labels]; outputs lower, upper).
+
+        ``spec``: ``None`` (logit bounds), ``"C"`` or ``"margin"``; see :mod:`boundc.export`.
+        """
+        from boundc.export import export_onnx
+
+        export_onnx(self, path, spec=spec)
