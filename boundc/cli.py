@@ -16,6 +16,7 @@ from boundc.errors import BoundcError
 COMMAND_MODULES = [
     "boundc.commands.compile_cmd",
     "boundc.commands.verify_cmd",
+    "boundc.commands.export_cmd",
     "boundc.commands.train_cmd",
     "boundc.commands.evaluate_cmd",
     "boundc.commands.demo_cmd",
