@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from boundc.train.trainer import Trainer, TrainConfig, load_checkpoint
+from boundc.train.trainer import TrainConfig, Trainer, load_checkpoint
 
 
 def _cfg(out, **kw) -> TrainConfig:
