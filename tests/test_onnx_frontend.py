@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from boundc.frontends.vnnlib import read_vnnlib
 from conftest import shared_path
 
 import boundc
 from boundc.errors import BoundcError, UnsupportedOpError
-from boundc.frontends.vnnlib import read_vnnlib
 
 BENCHES = ["mnistfc", "acasxu", "eran", "verivital", "test", "oval21", "cifar10_resnet", "sri_resnet_a",
            "sri_resnet_b", "marabou-cifar10"]
