@@ -51,7 +51,7 @@ def _known(csv_dir: Path) -> dict[tuple[str, str], str]:
     if not path.exists():
         return {}
     with open(path) as fh:
-        return {(r["onnx"], r["vnnlib"]): r["result"] for r in csv.DictReader(fh)}
+        return {(os.path.normpath(r["onnx"]), os.path.normpath(r["vnnlib"])): r["result"] for r in csv.DictReader(fh)}
 
 
 def run_instances(args: argparse.Namespace) -> int:
@@ -92,7 +92,8 @@ def run_instances(args: argparse.Namespace) -> int:
                 status, detail, method = "error", str(err).splitlines()[0], args.method
             dt = time.monotonic() - t0
             counts[status] += 1
-            w.writerow([onnx_rel, prop_rel, status, f"{dt:.3f}", known.get((onnx_rel, prop_rel), ""), method, detail])
+            truth = known.get((os.path.normpath(onnx_rel), os.path.normpath(prop_rel)), "")
+            w.writerow([onnx_rel, prop_rel, status, f"{dt:.3f}", truth, method, detail])
             fh.flush()
             bar.set_postfix(counts)
     print(f"{root.name}: {counts} -> {out}")
