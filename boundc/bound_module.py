@@ -58,6 +58,12 @@ class BoundModule(nn.Module):
         """Per-node table of the analysed IR (op, shape, perturbed or constant, source)."""
         return self.graph.table()
 
+    def report(self, x_lower: Tensor, x_upper: Tensor) -> str:
+        """Per-node bound widths and unstable ReLU counts of this method on a box (see :mod:`boundc.report`)."""
+        from boundc.report import report
+
+        return report(self, x_lower, x_upper)
+
     @torch.no_grad()
     def certify(self, x_lower: Tensor, x_upper: Tensor, C: Tensor) -> Tensor:
         """Per-sample verified flags: every row of ``C @ y`` has a positive lower bound."""

@@ -47,7 +47,7 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
         if n.op == "input":
             return em.call(bw.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
         fn = get_rule(n.op, DOMAIN)
-        args = [None if i is None else (bounds.get(i) if g[i].perturbed else em.arg(i)) for i in n.inputs]
+        args = [None if i is None else (bounds.get(i, "perturbed") if g[i].perturbed else em.arg(i)) for i in n.inputs]
         kwargs = dict(n.attrs, in_shapes=tuple(_shape(g, i) for i in n.inputs))
         if n.op in NONLINEAR and n.op != "max_pool2d":
             kwargs["mode"] = mode
@@ -140,6 +140,7 @@ def emit_intermediate(em: Emitter, options: CompileOptions, mode: str, intermedi
                 kw["ibp"] = ivals[p.node]
             bounds[p.node] = em.call(bw.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
                                      name=f"bounds_{p.node}")
+        bounds[p.node].meta["boundc_bounds"] = p.node  # read by BoundModule.report
     return bounds
 
 

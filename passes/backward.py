@@ -16,6 +16,8 @@ travels to the *first* perturbed input only, so that summing the states of a
 node with several users (ResNet skips, concat) counts every bias once.
 Activations take their pre-activation bounds and use :mod:`.relaxation`.
 
+Perturbed inputs arrive as their bounds (an Interval) where a rule needs
+them and as the string ``"perturbed"`` otherwise; constants as tensors.
 Rules receive keyword ``in_shapes`` (per-sample shape of each input, ``None``
 for absent ones) in addition to the node's attrs.
 """
@@ -221,7 +223,7 @@ def spec_linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, C: Tensor, *,
 
 def _two_inputs(c: Coeffs, x, y, in_shapes, sign: float) -> tuple:
     """Shared by add (sign +1) and sub (sign -1)."""
-    xp, yp = isinstance(x, Interval), isinstance(y, Interval)
+    xp, yp = not isinstance(x, Tensor), not isinstance(y, Tensor)
     out: list[Coeffs | None] = [None, None]
     bias = c
     if not xp:
@@ -285,12 +287,12 @@ def concat(c: Coeffs, *xs, in_shapes, dim: int) -> tuple:
     lparts, uparts = c.lA.split(sizes, d), c.uA.split(sizes, d)
     lb, ub = c.lb, c.ub
     for x, la, ua in zip(xs, lparts, uparts):
-        if not isinstance(x, Interval):
+        if isinstance(x, Tensor):
             lb, ub = lb + _dot(la, x), ub + _dot(ua, x)
     out: list[Coeffs | None] = []
     first = True
     for x, la, ua in zip(xs, lparts, uparts):
-        if isinstance(x, Interval):
+        if not isinstance(x, Tensor):
             out.append(Coeffs(la, ua, lb, ub) if first else Coeffs(la, ua, torch.zeros_like(lb), torch.zeros_like(ub)))
             first = False
         else:

@@ -73,7 +73,7 @@ def relax(op: str, l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | No
 
 def _fp_slack(t: Tensor) -> Tensor:
     """A few ulps of ``t``: added to upper / subtracted from lower intercepts of curved relaxations."""
-    return 8 * torch.finfo(t.dtype).eps * (1 + t.abs())
+    return 2 * torch.finfo(t.dtype).eps * (1 + t.abs())
 
 
 # -- piecewise-linear activations ------------------------------------------------

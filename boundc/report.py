@@ -1,0 +1,63 @@
+"""Per-node bound report of a compiled bound network (widths, unstable ReLUs)."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from boundc.passes.interval import Interval
+
+
+class _Recorder(fx.Interpreter):
+    """Runs a generated bound network and keeps every intermediate Interval by fx node name."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.seen: dict[str, Interval] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, Interval) and isinstance(out.lower, Tensor):
+            self.seen[n.meta.get("boundc_bounds", n.name)] = out
+        return out
+
+
+def node_bounds(bm, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
+    """Concrete bounds of every IR node the method bounded (intermediate and output), keyed by IR node name."""
+    rec = _Recorder(bm.logits_net)
+    kwargs = {"x_clean": (x_lower + x_upper) / 2} if bm._needs_clean else {}
+    with torch.no_grad():
+        lower, upper = rec.run(x_lower, x_upper, None, kwargs.get("x_clean"))
+    names = set(bm.graph.nodes)
+    out: dict[str, Interval] = {}
+    for k, v in rec.seen.items():
+        if k in names and v.lower.shape[1:] == tuple(bm.graph[k].shape[1:]):
+            out[k] = v
+    out[bm.graph.output.name] = Interval(lower, upper)
+    return out
+
+
+def report(bm, x_lower: Tensor, x_upper: Tensor) -> str:
+    """A table: node, op, mean / max bound width, unstable ReLU inputs (l < 0 < u) per node and in total."""
+    bounds = node_bounds(bm, x_lower, x_upper)
+    g = bm.graph
+    relu_inputs = {n.inputs[0] for n in g if n.op in ("relu", "leaky_relu") and n.perturbed}
+    rows = [("node", "op", "mean width", "max width", "unstable")]
+    total = 0
+    for n in g:
+        if n.name not in bounds:
+            continue
+        b = bounds[n.name]
+        w = b.upper - b.lower
+        unstable = ""
+        if n.name in relu_inputs:
+            k = int(((b.lower < 0) & (b.upper > 0)).sum())
+            total += k
+            unstable = str(k)
+        rows.append((n.name, n.op, f"{w.mean().item():.4g}", f"{w.max().item():.4g}", unstable))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"method {bm.method!r}: {total} unstable ReLU neurons over a batch of {x_lower.shape[0]}")
+    return "\n".join(lines)

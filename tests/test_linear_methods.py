@@ -1,0 +1,106 @@
+"""The linear-relaxation methods: soundness on the zoo, eps = 0, reference agreement, gradients, report."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import boundc
+from boundc import examples
+from boundc.options import CompileOptions, LinearOptions
+from tests.conftest import shared_path
+from tests.soundness import check_sound
+
+METHODS = ["crown-ibp", "crown", "fast-lin", "forward", "alpha-crown"]
+#: small inputs keep the CROWN intermediate passes cheap on 2 CPU cores
+ZOO = {"mlp": (1, 8, 8), "small": (1, 10, 10), "medium": (1, 16, 16), "large": (1, 8, 8), "resnet": (1, 8, 8),
+       "sigmoid_tanh": (1, 8, 8), "pool": (1, 8, 8), "kitchen_sink": (1, 8, 8)}
+OPTS = CompileOptions(linear=LinearOptions(alpha_iterations=3, chunk_size=128))
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize("method", METHODS)
+def test_sound_on_zoo(name: str, method: str) -> None:
+    shape = ZOO[name]
+    model = examples.build(name, in_shape=shape)
+    x = torch.rand((2,) + shape)
+    bm = boundc.compile(model, x, method=method, options=OPTS)
+    with torch.no_grad():
+        y = model(x)
+    C = boundc.margin_spec(y.argmax(1), 10)
+    xl, xu = boundc.linf_box(x, 0.03)
+    check_sound(bm, model, xl, xu, None, samples=12, pgd_steps=4, method_name=method)
+    lower, _ = check_sound(bm, model, xl, xu, C, samples=12, pgd_steps=4, method_name=method)
+    ibp_lower, _ = boundc.compile(model, x, method="ibp")(xl, xu, C)
+    if method in ("crown", "alpha-crown", "fast-lin") and name in ("mlp", "small"):
+        assert lower.mean() >= ibp_lower.mean()
+    with torch.no_grad():  # eps = 0 reproduces the outputs
+        l0, u0 = bm(x, x)
+        s0, t0 = bm(x, x, C)
+    assert torch.allclose(l0, y, atol=1e-5, rtol=1e-5) and torch.allclose(u0, y, atol=1e-5, rtol=1e-5)
+    m = torch.einsum("bsk,bk->bs", C, y)
+    assert torch.allclose(s0, m, atol=1e-5, rtol=1e-5) and torch.allclose(t0, m, atol=1e-5, rtol=1e-5)
+
+
+def _reference(name: str, dtype: torch.dtype):
+    sys.path.insert(0, str(shared_path("reference")))
+    from ref_models import build_model
+
+    model = build_model(name)
+    model.load_state_dict(torch.load(shared_path("reference", f"{name}.state_dict.pt")))
+    model = model.to(dtype).eval()
+    inp = torch.load(shared_path("reference", f"{name}.inputs.pt"))
+    ref = torch.load(shared_path("reference", f"{name}.bounds.pt"))
+    return model, {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inp.items()}, ref
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,method,rows", [("mlp_784_256_256_10", "crown-ibp", 16), ("mlp_784_256_256_10", "crown", 16),
+                                              ("cnn_ibp_small", "crown-ibp", 16), ("cnn_ibp_small", "crown", 1)])
+def test_reference_agreement(name: str, method: str, rows: int, dtype: str) -> None:
+    model, inp, ref = _reference(name, getattr(torch, dtype))
+    key = {"crown": "CROWN", "crown-ibp": "CROWN-IBP"}[method]
+    bm = boundc.compile(model, inp["x"][:2], method=method)
+    xl, xu, C = inp["x_L"][:rows], inp["x_U"][:rows], inp["C_margin"][:rows]
+    with torch.no_grad():
+        ll, lu = bm(xl, xu)
+        ml, mu = bm(xl, xu, -C)  # boundc's margin rows are e_true - e_y: the opposite sign
+    rl, ru = (t[:rows] for t in ref[dtype][key]["logits"])
+    sl, su = (t[:rows] for t in ref[dtype][key]["margin"])
+    for mine, theirs in ((ll, rl), (lu, ru), (-mu, sl), (-ml, su)):
+        assert _rel(mine, theirs) < 1e-5
+
+
+def test_crown_ibp_gradients_reach_parameters() -> None:
+    model = examples.build("small", in_shape=(1, 10, 10))
+    x = torch.rand(2, 1, 10, 10)
+    for method in ("crown-ibp", "crown"):
+        bm = boundc.compile(model, x, method=method)
+        C = boundc.margin_spec(torch.tensor([0, 1]), 10)
+        lower, _ = bm(*boundc.linf_box(x, 0.02), C)
+        model.zero_grad()
+        (-lower.sum()).backward()
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), method
+
+
+def test_spec_starts_from_C_and_code_shows_walk() -> None:
+    model = examples.build("mlp", in_shape=(1, 8, 8))
+    bm = boundc.compile(model, torch.rand(2, 1, 8, 8), method="crown-ibp")
+    code = bm.spec_net.code
+    assert "start_spec_linear" in code and "relu_backward" in code and "concretize" in code
+    assert "start_identity" not in code  # the spec is bounded without bounding the logits
+
+
+def test_report_counts_unstable_relus() -> None:
+    model = examples.build("mlp", in_shape=(1, 8, 8))
+    x = torch.rand(2, 1, 8, 8)
+    bm = boundc.compile(model, x, method="crown")
+    text = bm.report(*boundc.linf_box(x, 0.05))
+    assert "unstable" in text and "linear" in text
