@@ -41,9 +41,12 @@ def test_sound_on_zoo(name: str, method: str) -> None:
     with torch.no_grad():  # eps = 0 reproduces the outputs
         l0, u0 = bm(x, x)
         s0, t0 = bm(x, x, C)
-    assert torch.allclose(l0, y, atol=1e-5, rtol=1e-5) and torch.allclose(u0, y, atol=1e-5, rtol=1e-5)
+    # curved relaxations (sigmoid/tanh) add 2 ulps of outward slack per neuron against rounding;
+    # the forward method applies it at every layer, so allow 2e-5 there
+    tol = 2e-5 if name in ("sigmoid_tanh", "kitchen_sink") else 1e-5
+    assert torch.allclose(l0, y, atol=tol, rtol=1e-5) and torch.allclose(u0, y, atol=tol, rtol=1e-5)
     m = torch.einsum("bsk,bk->bs", C, y)
-    assert torch.allclose(s0, m, atol=1e-5, rtol=1e-5) and torch.allclose(t0, m, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(s0, m, atol=tol, rtol=1e-5) and torch.allclose(t0, m, atol=tol, rtol=1e-5)
 
 
 def _reference(name: str, dtype: torch.dtype):
@@ -66,6 +69,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name,method,rows", [("mlp_784_256_256_10", "crown-ibp", 16), ("mlp_784_256_256_10", "crown", 16),
                                               ("cnn_ibp_small", "crown-ibp", 16), ("cnn_ibp_small", "crown", 1)])
 def test_reference_agreement(name: str, method: str, rows: int, dtype: str) -> None:
+    # CROWN's adaptive slope (1 if u > -l) can flip on a near-tie when float32 sums run in another
+    # order; the reference was computed on this machine type with torch's default of 2 threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check_reference(name, method, rows, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_reference(name: str, method: str, rows: int, dtype: str) -> None:
     model, inp, ref = _reference(name, getattr(torch, dtype))
     key = {"crown": "CROWN", "crown-ibp": "CROWN-IBP"}[method]
     bm = boundc.compile(model, inp["x"][:2], method=method)
