@@ -29,6 +29,43 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _measure(name: str, batch: int, repeats: int) -> str:
+    """One table row: clean vs bound times (inference and training step) and compile time."""
+    model = examples.build(name)
+    x = torch.rand(batch, 1, 28, 28)
+    t0 = time.perf_counter()
+    bm = boundc.compile(model, x[:2])
+    compile_s = time.perf_counter() - t0
+    xl, xu = boundc.linf_box(x, 0.1, clip=(0.0, 1.0))
+    C = boundc.margin_spec(torch.randint(0, 10, (batch,)), 10)
+    with torch.no_grad():
+        for _ in range(3):  # warm up
+            model(x), bm(xl, xu), bm(xl, xu, C)
+        t_model, t_bound, t_spec = [], [], []
+        for _ in range(repeats):  # interleaved so both see the same machine state
+            t_model.append(_median_time(lambda: model(x), 1))
+            t_bound.append(_median_time(lambda: bm(xl, xu), 1))
+            t_spec.append(_median_time(lambda: bm(xl, xu, C), 1))
+    tm, tb, ts = (statistics.median(t) for t in (t_model, t_bound, t_spec))
+
+    def clean_step():
+        model.zero_grad()
+        model(x).sum().backward()
+
+    def bound_step():
+        model.zero_grad()
+        bm(xl, xu, C)[0].sum().backward()
+
+    clean_step(), bound_step()
+    t_clean_train, t_bound_train = [], []
+    for _ in range(max(3, repeats // 4)):
+        t_clean_train.append(_median_time(clean_step, 1))
+        t_bound_train.append(_median_time(bound_step, 1))
+    train_ratio = statistics.median(t_bound_train) / statistics.median(t_clean_train)
+    return (f"{name:8} {batch:5d} {tm * 1e3:12.1f} {tb * 1e3:13.1f} {tb / tm:6.2f} {ts / tm:8.2f} "
+            f"{train_ratio:12.2f} {compile_s:10.2f}")
+
+
 def main() -> None:
     """Print the overhead table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,39 +81,7 @@ def main() -> None:
     print(f"{'model':8} {'batch':>5} {'model(x) ms':>12} {'bm(xl,xu) ms':>13} {'ratio':>6} "
           f"{'ratio C':>8} {'train ratio':>12} {'compile s':>10}")
     for name in args.models.split(","):
-        model = examples.build(name)
-        x = torch.rand(args.batch, 1, 28, 28)
-        t0 = time.perf_counter()
-        bm = boundc.compile(model, x[:2])
-        compile_s = time.perf_counter() - t0
-        xl, xu = boundc.linf_box(x, 0.1, clip=(0.0, 1.0))
-        C = boundc.margin_spec(torch.randint(0, 10, (args.batch,)), 10)
-        with torch.no_grad():
-            for _ in range(3):  # warm up
-                model(x), bm(xl, xu), bm(xl, xu, C)
-            t_model, t_bound, t_spec = [], [], []
-            for _ in range(args.repeats):  # interleaved so both see the same machine state
-                t_model.append(_median_time(lambda: model(x), 1))
-                t_bound.append(_median_time(lambda: bm(xl, xu), 1))
-                t_spec.append(_median_time(lambda: bm(xl, xu, C), 1))
-        tm, tb, ts = (statistics.median(t) for t in (t_model, t_bound, t_spec))
-
-        def clean_step():
-            model.zero_grad()
-            model(x).sum().backward()
-
-        def bound_step():
-            model.zero_grad()
-            bm(xl, xu, C)[0].sum().backward()
-
-        clean_step(), bound_step()
-        t_clean_train, t_bound_train = [], []
-        for _ in range(max(3, args.repeats // 4)):
-            t_clean_train.append(_median_time(clean_step, 1))
-            t_bound_train.append(_median_time(bound_step, 1))
-        train_ratio = statistics.median(t_bound_train) / statistics.median(t_clean_train)
-        print(f"{name:8} {args.batch:5d} {tm * 1e3:12.1f} {tb * 1e3:13.1f} {tb / tm:6.2f} {ts / tm:8.2f} "
-              f"{train_ratio:12.2f} {compile_s:10.2f}")
+        print(_measure(name, args.batch, args.repeats))
     print("\nratio = bm(xl, xu) / model(x); ratio C = bm(xl, xu, C) (margins, elided) / model(x); "
           "train ratio = (bound fwd+bwd) / (clean fwd+bwd)")
 
