@@ -85,14 +85,24 @@ def add_coeffs(a: Coeffs, b: Coeffs) -> Coeffs:
 
 
 def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float = 0.0,
-               ubias: Tensor | float = 0.0) -> Coeffs:
+               ubias: Tensor | float = 0.0, same_for_every_sample: bool = False) -> Coeffs:
     """Apply the transposed linear map ``fn`` to both coefficient tensors and add biases.
 
     While lower and upper coefficients are still one tensor (before the first
-    activation) the map runs once.
+    activation) the map runs once.  When ``fn`` treats every sample alike
+    (``same_for_every_sample``: a weight or a parameter-free op) and the
+    coefficients are one tensor broadcast over the batch (a structured start,
+    before the first relaxation), the map runs on a single sample and the result
+    is broadcast again — so a start of S rows costs S, not B·S, transposed rows.
     """
-    lA = fn(c.lA)
-    return Coeffs(lA, lA if c.uA is c.lA else fn(c.uA), c.lb + lbias, c.ub + ubias)
+    def apply(A: Tensor) -> Tensor:
+        if same_for_every_sample and A.shape[0] > 1 and A.stride(0) == 0:
+            out = fn(A[:1])
+            return out.expand((A.shape[0],) + tuple(out.shape[1:]))
+        return fn(A)
+
+    lA = apply(c.lA)
+    return Coeffs(lA, lA if c.uA is c.lA else apply(c.uA), c.lb + lbias, c.ub + ubias)
 
 
 def vjp_transpose(fn: Callable[[Tensor], Tensor], A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
@@ -171,7 +181,7 @@ def linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes) -> t
     """``A·W``; the bias moves into the bias term."""
     lb = 0.0 if bias is None else _dot(c.lA, bias)
     ub = 0.0 if bias is None else _dot(c.uA, bias)
-    return (map_coeffs(c, lambda A: A @ weight, lb, ub), None, None)
+    return (map_coeffs(c, lambda A: A @ weight, lb, ub, same_for_every_sample=True), None, None)
 
 
 _CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
@@ -193,7 +203,7 @@ def conv(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride
     def bias_of(A: Tensor) -> Tensor | float:
         return 0.0 if bias is None else A.flatten(3).sum(-1) @ bias
 
-    return (map_coeffs(c, tr, bias_of(c.lA), bias_of(c.uA)), None, None)
+    return (map_coeffs(c, tr, bias_of(c.lA), bias_of(c.uA), same_for_every_sample=True), None, None)
 
 
 @rule("scale_shift", DOMAIN)
@@ -267,7 +277,7 @@ def _affine_op(fn: Callable[..., Tensor]) -> Callable[..., tuple]:
         const = bool(f0.any())
         lb = _dot(c.lA, f0[0]) if const else 0.0
         ub = _dot(c.uA, f0[0]) if const else 0.0
-        return (map_coeffs(c, lambda A: vjp_transpose(f, A, shape), lb, ub),)
+        return (map_coeffs(c, lambda A: vjp_transpose(f, A, shape), lb, ub, same_for_every_sample=True),)
 
     backward.__name__ = fn.__name__
     backward.__qualname__ = fn.__name__
