@@ -55,17 +55,19 @@ def main() -> None:
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     a = ap.parse_args()
     if a.one:
         print(json.dumps(run_one(a.one[0], a.one[1], a.batch, a.eps)))
         return
+    methods = a.methods.split(",")
     print(f"boundc linear methods, CPU, batch {a.batch}, eps {a.eps}, margins spec (9 rows)")
-    head = f"{'model':8s} " + " ".join(f"{m:>28s}" for m in METHODS)
+    head = f"{'model':8s} " + " ".join(f"{m:>28s}" for m in methods)
     print(head)
-    print(f"{'':8s} " + " ".join(f"{'time s / peak MB / margin lb':>28s}" for _ in METHODS))
+    print(f"{'':8s} " + " ".join(f"{'time s / peak MB / margin lb':>28s}" for _ in methods))
     for model in a.models.split(","):
-        cells = []
-        for method in METHODS:
+        cells, times = [], {}
+        for method in methods:
             out = subprocess.run([sys.executable, __file__, "--one", model, method, "--batch", str(a.batch),
                                   "--eps", str(a.eps)], capture_output=True, text=True)
             if out.returncode:
@@ -74,7 +76,10 @@ def main() -> None:
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             cells.append(f"{r['time']:8.2f} / {r['peak_mb']:7.0f} / {r['margin']:8.3f}")
-        print(f"{model:8s} " + " ".join(f"{c:>28s}" for c in cells), flush=True)
+            times[method] = r["time"]
+        both = {"ibp", "crown-ibp"} <= set(times)
+        ratio = f"   crown-ibp/ibp time = {times['crown-ibp'] / times['ibp']:.1f}x" if both else ""
+        print(f"{model:8s} " + " ".join(f"{c:>28s}" for c in cells) + ratio, flush=True)
 
 
 if __name__ == "__main__":
