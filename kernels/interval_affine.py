@@ -74,6 +74,17 @@ _GEMM_CFGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages): two accumulators, 
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16}
 
 
+@triton.jit
+def store_epilogue(o1_ptr, o2_ptr, off, mask, acc_c, acc_r, BOUNDS: tl.constexpr):
+    """Fused epilogue: write ``(c - r, c + r)`` when ``BOUNDS`` else ``(c, r)``."""
+    if BOUNDS:
+        tl.store(o1_ptr + off, acc_c - acc_r, mask=mask)
+        tl.store(o2_ptr + off, acc_c + acc_r, mask=mask)
+    else:
+        tl.store(o1_ptr + off, acc_c, mask=mask)
+        tl.store(o2_ptr + off, acc_r, mask=mask)
+
+
 @triton.autotune(configs=_configs(_INTERP, _GEMM_CFGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["M", "N", "K"])
 @triton.jit
 def _affine_fwd(l_ptr, u_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, M, N, K,
@@ -113,12 +124,7 @@ def _affine_fwd(l_ptr, u_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, M, N, K,
         acc_c += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     omask = (rm[:, None] < M) & (rn[None, :] < N)
     ooff = rm[:, None] * s_om + rn[None, :] * s_on
-    if BOUNDS:
-        tl.store(o1_ptr + ooff, acc_c - acc_r, mask=omask)
-        tl.store(o2_ptr + ooff, acc_c + acc_r, mask=omask)
-    else:
-        tl.store(o1_ptr + ooff, acc_c, mask=omask)
-        tl.store(o2_ptr + ooff, acc_r, mask=omask)
+    store_epilogue(o1_ptr, o2_ptr, ooff, omask, acc_c, acc_r, BOUNDS)
 
 
 @triton.autotune(configs=_configs(_INTERP, _GEMM_CFGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["M", "N", "K"])

@@ -31,7 +31,7 @@ from torch import Tensor
 from boundc.errors import BoundcError
 
 from ._compat import check_device, check_dtype, dot_precision, num_sms, require_triton, tl, triton
-from .interval_affine import _DW_CFGS, _DW_INTERP, _GEMM_CFGS, _INTERP, OUTPUTS, _configs
+from .interval_affine import _DW_CFGS, _DW_INTERP, _GEMM_CFGS, _INTERP, OUTPUTS, _configs, store_epilogue
 
 
 def _pair(v: int | tuple) -> tuple[int, int]:
@@ -102,12 +102,7 @@ def _conv_fwd(l_ptr, u_ptr, w_ptr, b_ptr, o1_ptr, o2_ptr, M, N, K,
         acc_c += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     omask = (rm[:, None] < M) & (rn[None, :] < N)
     ooff = (bb[:, None] * N + rn[None, :]) * P + (rm % P)[:, None]
-    if BOUNDS:
-        tl.store(o1_ptr + ooff, acc_c - acc_r, mask=omask)
-        tl.store(o2_ptr + ooff, acc_c + acc_r, mask=omask)
-    else:
-        tl.store(o1_ptr + ooff, acc_c, mask=omask)
-        tl.store(o2_ptr + ooff, acc_r, mask=omask)
+    store_epilogue(o1_ptr, o2_ptr, ooff, omask, acc_c, acc_r, BOUNDS)
 
 
 @triton.autotune(configs=_configs(_INTERP, _GEMM_CFGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K")), key=["M", "N", "K"])
