@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,3 +26,14 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not available")
     return p
+
+
+def load_reference(name: str) -> tuple[torch.nn.Module, dict, dict]:
+    """A model of ``../shared/reference`` (eval mode, stored weights), its inputs and its reference bounds."""
+    folder = shared_path("reference")
+    spec = importlib.util.spec_from_file_location("ref_models", folder / "ref_models.py")
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    model = ref.build_model(name)
+    model.load_state_dict(torch.load(folder / f"{name}.state_dict.pt"))
+    return model.eval(), torch.load(folder / f"{name}.inputs.pt"), torch.load(folder / f"{name}.bounds.pt")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 from boundc.passes.interval import Interval, centre_radius
-from conftest import shared_path
+from conftest import load_reference
 from soundness import check_sound
 
 import boundc
@@ -64,22 +62,10 @@ def test_spec_without_trailing_linear_is_appended():
     check_sound(bm, model, *boundc.linf_box(x, 0.05), C, samples=16, pgd_steps=5)
 
 
-def _load_reference(name: str):
-    folder = shared_path("reference")
-    spec = importlib.util.spec_from_file_location("ref_models", folder / "ref_models.py")
-    ref = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ref)
-    model = ref.build_model(name)
-    model.load_state_dict(torch.load(folder / f"{name}.state_dict.pt"))
-    inputs = torch.load(folder / f"{name}.inputs.pt")
-    bounds = torch.load(folder / f"{name}.bounds.pt")
-    return model.eval(), inputs, bounds
-
-
 @pytest.mark.parametrize("name", ["mlp_784_256_256_10", "cnn_ibp_small"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_ibp_matches_reference_bounds(name, dtype):
-    model, inputs, bounds = _load_reference(name)
+    model, inputs, bounds = load_reference(name)
     model = model.to(dtype)
     xl, xu = inputs["x_L"].to(dtype), inputs["x_U"].to(dtype)
     bm = boundc.compile(model, inputs["x"].to(dtype))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 import boundc
 from boundc import examples
 from boundc.options import CompileOptions, LinearOptions
-from tests.conftest import shared_path
+from tests.conftest import load_reference
 from tests.soundness import check_sound
 
 METHODS = ["crown-ibp", "crown", "fast-lin", "forward", "alpha-crown"]
@@ -50,14 +48,8 @@ def test_sound_on_zoo(name: str, method: str) -> None:
 
 
 def _reference(name: str, dtype: torch.dtype):
-    sys.path.insert(0, str(shared_path("reference")))
-    from ref_models import build_model
-
-    model = build_model(name)
-    model.load_state_dict(torch.load(shared_path("reference", f"{name}.state_dict.pt")))
-    model = model.to(dtype).eval()
-    inp = torch.load(shared_path("reference", f"{name}.inputs.pt"))
-    ref = torch.load(shared_path("reference", f"{name}.bounds.pt"))
+    model, inp, ref = load_reference(name)
+    model = model.to(dtype)
     return model, {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inp.items()}, ref
 
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from boundc.frontends.vnnlib import read_vnnlib
-from conftest import shared_path
+from conftest import load_reference, shared_path
 
 import boundc
 from boundc.errors import BoundcError, UnsupportedOpError
@@ -55,16 +55,8 @@ def test_vnncomp_models_match_onnxruntime(bench):
 
 @pytest.mark.parametrize("name", ["mlp_784_256_256_10", "cnn_ibp_small"])
 def test_reference_onnx_equals_torch(name):
-    import importlib.util
-
     ref = shared_path("reference")
-    spec = importlib.util.spec_from_file_location("ref_models", ref / "ref_models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    model = mod.build_model(name)
-    model.load_state_dict(torch.load(ref / f"{name}.state_dict.pt"))
-    model.eval()
-    inputs = torch.load(ref / f"{name}.inputs.pt")
+    model, inputs, _ = load_reference(name)
     xl, xu = inputs["x_L"][:4], inputs["x_U"][:4]
     a = boundc.compile(model, inputs["x"][:2])(xl, xu)
     b = boundc.compile(str(ref / f"{name}.onnx"))(xl, xu)
