@@ -38,6 +38,16 @@ def node_bounds(bm, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
     return out
 
 
+def intersect_node_bounds(bound_modules, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
+    """Per-node bounds from several compiled methods, intersected (each is sound, so is their meet)."""
+    out: dict[str, Interval] = {}
+    for bm in bound_modules:
+        for k, v in node_bounds(bm, x_lower, x_upper).items():
+            out[k] = Interval(torch.maximum(out[k].lower, v.lower), torch.minimum(out[k].upper, v.upper)) \
+                if k in out else v
+    return out
+
+
 def report(bm, x_lower: Tensor, x_upper: Tensor) -> str:
     """A table: node, op, mean / max bound width, unstable ReLU inputs (l < 0 < u) per node and in total."""
     bounds = node_bounds(bm, x_lower, x_upper)

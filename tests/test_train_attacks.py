@@ -58,3 +58,23 @@ def test_verified_implies_pgd_robust_and_table():
     assert res.clean == 1.0 and res.verified["ibp"] <= res.pgd <= res.clean
     assert "no-such-method" in res.skipped
     assert "verified (ibp)" in format_table(res)
+
+
+def test_cascade_best_bound_and_complete_milp_are_sound_and_decide_everything():
+    from boundc.milp import MilpOptions
+
+    model = _model()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(30, 1, 4, 4, generator=g)
+    y = model(x).argmax(1)
+    y[:3] = (y[:3] + 1) % 3                       # a few misclassified samples
+    cfg = EvalConfig(0.06, ("ibp", "crown-ibp"), refine=("alpha-crown",), complete=MilpOptions(time_limit=30),
+                     pgd_steps=30, restarts=3, pgd_limit=None)
+    res = evaluate(model, x, y, cfg, BoundCache(model, x))
+    best, exact = res.verified["best bound"], res.verified["complete MILP"]
+    assert max(res.verified["ibp"], res.verified["crown-ibp"]) <= best <= exact <= res.pgd <= res.clean
+    c = res.cascade
+    assert c["undecided (time-outs)"] == 0        # a 32-ReLU net is decided exactly
+    assert c["verified by bounds"] + c["falsified by PGD"] + c["MILP verified"] + c["MILP falsified"] == 27
+    assert 0 < best < 1 and exact * 30 == c["verified by bounds"] + c["MILP verified"]
+    assert "verified (complete MILP)" in format_table(res)

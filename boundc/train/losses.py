@@ -24,25 +24,27 @@ from torch import Tensor, nn
 
 import boundc
 from boundc.errors import BoundcError
+from boundc.options import CompileOptions
 
 
 class BoundCache:
-    """Compile-once cache of bound networks for one model, keyed by method name."""
+    """Compile-once cache of bound networks for one model, keyed by method name (and options)."""
 
     def __init__(self, model: nn.Module, example: Tensor) -> None:
         self.model = model
         self.example = example[:2].detach()
-        self._nets: dict[str, boundc.BoundModule] = {}
+        self._nets: dict[tuple[str, CompileOptions | None], boundc.BoundModule] = {}
 
-    def get(self, method: str) -> boundc.BoundModule:
-        """The bound network of ``method`` (compiled on first use)."""
-        if method not in self._nets:
+    def get(self, method: str, options: CompileOptions | None = None) -> boundc.BoundModule:
+        """The bound network of ``method`` compiled with ``options`` (compiled on first use)."""
+        key = (method, options)
+        if key not in self._nets:
             if method not in boundc.methods():
                 raise BoundcError(f"bound method {method!r} is not available; have {', '.join(boundc.methods())}")
             was_training = self.model.training
-            self._nets[method] = boundc.compile(self.model, self.example, method=method)
+            self._nets[key] = boundc.compile(self.model, self.example, method=method, options=options)
             self.model.train(was_training)
-        return self._nets[method]
+        return self._nets[key]
 
 
 def worst_case_logits(margin_lower: Tensor, labels: Tensor, num_classes: int) -> Tensor:

@@ -1,0 +1,342 @@
+"""Complete verification of piecewise-linear networks by mixed-integer linear programming.
+
+The MILP of Tjeng et al. (the verifier Gowal et al. report their verified errors
+with): every value of the IR graph is a vector of variables; affine ops are
+equality constraints (their matrices are Jacobians taken once with ``torch.func``,
+never written by hand); a ReLU whose input bounds ``[l, u]`` straddle 0 gets a
+binary ``δ`` and
+
+    a ≥ 0,  a ≥ z,  a ≤ z − l·(1 − δ),  a ≤ u·δ
+
+while stable ReLUs are fixed (``a = z`` or ``a = 0``).  The big-M constants
+``l, u`` are boundc's own bounds (the intersection of several methods).  HiGHS
+(through :func:`scipy.optimize.milp`) then minimises ``c·y`` for one
+specification row ``c`` under the extra cut ``c·y ≤ τ`` (a zero objective
+leaves the dual simplex fully degenerate; minimising is much faster):
+
+* infeasible → the row is **verified** (``min c·y > τ > 0``);
+* a solver point whose network output really has ``c·y < 0`` → **falsified**,
+  with that counterexample (always re-checked on the network itself);
+* a time-out, or a point the network does not confirm → **unknown**.
+
+Only small networks are practical (the Jacobians are formed densely, then made
+sparse); the encoder refuses ops that are not piecewise linear, naming the node.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from boundc.errors import BoundcError
+from boundc.ir import Graph, Node
+from boundc.passes.analysis import evaluate
+from boundc.passes.interval import Interval
+from boundc.passes.registry import get_rule
+
+#: Ops that are affine in their perturbed inputs (their constants are fixed).
+AFFINE_OPS = frozenset({"linear", "conv", "scale_shift", "add", "sub", "mul", "reshape", "permute", "identity",
+                        "avg_pool2d", "adaptive_avg_pool2d", "pad", "concat"})
+
+Status = Literal["verified", "falsified", "unknown"]
+
+
+@dataclass(frozen=True)
+class MilpOptions:
+    """How the MILP is built and solved.
+
+    ``bound_methods``: boundc methods whose intermediate bounds are intersected
+    for the big-M constants (tighter bounds, fewer binaries).
+    ``time_limit``: seconds HiGHS may spend on one specification row.
+    ``tolerance``: a row counts as verified only if ``c·y ≤ tolerance`` is
+    infeasible, a margin for solver and float32 rounding.
+    ``max_jacobian``: refuse affine ops whose dense Jacobian has more entries.
+    ``disp``: show HiGHS's log.
+    """
+
+    bound_methods: tuple[str, ...] = ("crown-ibp", "crown")
+    time_limit: float = 60.0
+    tolerance: float = 1e-3
+    max_jacobian: int = 50_000_000
+    disp: bool = False
+
+
+@dataclass
+class RowResult:
+    """Outcome for one specification row of one sample."""
+
+    status: Status
+    seconds: float
+    binaries: int
+    counterexample: Tensor | None = None
+    #: ``min c·y`` over the box when HiGHS proved it optimal (and it is ≤ τ), else None.
+    minimum: float | None = None
+    #: The input of the solver's best point (clipped to the box), when it has one.
+    point: Tensor | None = None
+
+
+@dataclass
+class _Affine:
+    """``out = Σ_i J_i · in_i + b`` over flattened per-sample values."""
+
+    inputs: list[str]
+    jacobians: list  # scipy.sparse matrices (out_numel × in_numel)
+    bias: np.ndarray
+
+
+@dataclass
+class _Layout:
+    """Variable offsets of every perturbed node, in graph order."""
+
+    offset: dict[str, int] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def add(self, name: str, n: int) -> None:
+        self.offset[name], self.size[name] = self.total, n
+        self.total += n
+
+    def slice(self, name: str) -> slice:
+        return slice(self.offset[name], self.offset[name] + self.size[name])
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
+class MilpVerifier:
+    """The MILP encoding of one canonical IR graph (``BoundModule.graph``); affine blocks are built once.
+
+    ``verify_row(x_lower, x_upper, c, bounds)`` decides one specification row for
+    one sample (batch of 1) given per-node bounds (``boundc.report.node_bounds``).
+    """
+
+    def __init__(self, graph: Graph, options: MilpOptions | None = None) -> None:
+        try:
+            import scipy.optimize  # noqa: F401
+            import scipy.sparse  # noqa: F401
+        except ImportError as err:  # pragma: no cover - scipy is a dependency
+            raise BoundcError(f"complete verification needs scipy (HiGHS): {err}") from err
+        self.graph = graph
+        self.options = options or MilpOptions()
+        self.layout = _Layout()
+        self.affine: dict[str, _Affine] = {}
+        self.relus: list[Node] = []
+        self._eq = None
+        self._build()
+
+    # -- encoding (once per graph) -----------------------------------------------------------
+    def _build(self) -> None:
+        g = self.graph
+        problems = []
+        for n in g:
+            if not n.perturbed or n.op in ("param", "clean_input"):
+                continue
+            if n.op == "input":
+                self.layout.add(n.name, _numel(n.shape))
+            elif n.op == "relu":
+                self.layout.add(n.name, _numel(n.shape))
+                self.relus.append(n)
+            elif n.op in AFFINE_OPS:
+                pert = [i for i in n.inputs if i is not None and g[i].perturbed]
+                if n.op == "mul" and len(pert) != 1:
+                    problems.append(f"{n.where()}: a product of two perturbed values is not linear")
+                    continue
+                self.layout.add(n.name, _numel(n.shape))
+            else:
+                problems.append(f"{n.where()}: op {n.op!r} has no MILP encoding (ReLU networks only)")
+        if problems:
+            raise BoundcError("complete verification cannot encode this network:\n  - " + "\n  - ".join(problems))
+        g_out = g.output
+        if g_out.name not in self.layout.offset:
+            raise BoundcError(f"{g_out.where()}: the output does not depend on the input")
+        self._affine_blocks()
+
+    def _affine_blocks(self) -> None:
+        import scipy.sparse as sp
+
+        g = self.graph
+        x0 = torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64)
+        values = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
+                  for k, v in evaluate(_double(g), x0).items()}
+        for n in g:
+            if n.name not in self.layout.offset or n.op in ("input", "relu"):
+                continue
+            pert = [i for i in n.inputs if i is not None and g[i].perturbed]
+            out_n = self.layout.size[n.name]
+            jacs = []
+            for p in pert:
+                in_n = self.layout.size[p]
+                if in_n * out_n > self.options.max_jacobian:
+                    raise BoundcError(f"{n.where()}: a {out_n}×{in_n} Jacobian is too large for the MILP "
+                                      f"(max_jacobian={self.options.max_jacobian})")
+                jacs.append(sp.csr_matrix(_jacobian(n, p, values)))
+            bias = values[n.name].reshape(-1).numpy() - sum(
+                (J @ values[p].reshape(-1).numpy() for J, p in zip(jacs, pert)), np.zeros(out_n))
+            self.affine[n.name] = _Affine(pert, jacs, bias)
+
+    def _equalities(self):
+        """The affine equalities ``out − Σ J_i·in_i = b`` of all affine nodes as one sparse matrix."""
+        import scipy.sparse as sp
+
+        lay = self.layout
+        mats, rhs = [], []
+        for name, aff in self.affine.items():
+            m = lay.size[name]
+            blocks = [(name, sp.identity(m, format="coo"))] + [(p, -J.tocoo()) for p, J in zip(aff.inputs,
+                                                                                             aff.jacobians)]
+            r = np.concatenate([M.row for _, M in blocks])
+            c = np.concatenate([M.col + lay.offset[p] for p, M in blocks])
+            v = np.concatenate([M.data for _, M in blocks])
+            mats.append(sp.csr_matrix((v, (r, c)), shape=(m, lay.total)))
+            rhs.append(aff.bias)
+        return sp.vstack(mats, format="csr"), np.concatenate(rhs)
+
+    # -- one problem -----------------------------------------------------------------------
+    def verify_row(self, x_lower: Tensor, x_upper: Tensor, c: Tensor, bounds: dict[str, Interval]) -> RowResult:
+        """Decide ``c·y > 0`` over the box for one sample (``x_lower`` of batch 1).
+
+        ``bounds`` maps node names to intervals (batch 1) that hold over the box;
+        every ReLU input needs finite ones.
+        """
+        import scipy.optimize as so
+        import scipy.sparse as sp
+
+        t0 = time.perf_counter()
+        lay, g = self.layout, self.graph
+        nv = lay.total
+        lb, ub = np.full(nv, -np.inf), np.full(nv, np.inf)
+        xs = lay.slice(g.input.name)
+        lb[xs] = x_lower.detach().double().reshape(-1).numpy()
+        ub[xs] = x_upper.detach().double().reshape(-1).numpy()
+        for name, b in bounds.items():
+            if name in lay.offset and name != g.input.name:
+                s = lay.slice(name)
+                lb[s] = np.maximum(lb[s], b.lower.detach().double().reshape(-1).numpy())
+                ub[s] = np.minimum(ub[s], b.upper.detach().double().reshape(-1).numpy())
+        if self._eq is None:
+            self._eq = self._equalities()
+        eq, eq_rhs = self._eq
+        mats, lo, hi = [eq], [eq_rhs], [eq_rhs]
+        terms: list[tuple[list, float | np.ndarray, float | np.ndarray]] = []
+        n_bin = 0
+        for r in self.relus:
+            z_idx = np.arange(lay.offset[r.inputs[0]], lay.offset[r.inputs[0]] + lay.size[r.inputs[0]])
+            a_idx = np.arange(lay.offset[r.name], lay.offset[r.name] + lay.size[r.name])
+            lz, uz = lb[z_idx], ub[z_idx]
+            if not (np.isfinite(lz).all() and np.isfinite(uz).all()):
+                raise BoundcError(f"{r.where()}: no finite bounds on its input for the MILP big-M")
+            lb[a_idx], ub[a_idx] = np.maximum(lz, 0), np.maximum(uz, 0)
+            k = np.flatnonzero(lz >= 0)                           # active: a − z = 0
+            terms.append(([(a_idx[k], 1.0), (z_idx[k], -1.0)], 0.0, 0.0))
+            k = np.flatnonzero((lz < 0) & (uz > 0))               # unstable: a binary each
+            d_idx = nv + n_bin + np.arange(k.size)
+            n_bin += k.size
+            l, u = lz[k], uz[k]
+            terms.append(([(a_idx[k], 1.0), (z_idx[k], -1.0)], 0.0, np.inf))                # a ≥ z
+            terms.append(([(a_idx[k], 1.0), (z_idx[k], -1.0), (d_idx, -l)], -np.inf, -l))   # a ≤ z − l(1 − δ)
+            terms.append(([(a_idx[k], 1.0), (d_idx, -u)], -np.inf, 0.0))                    # a ≤ u·δ
+        ncol = nv + n_bin
+        mats = [sp.hstack([eq, sp.csr_matrix((eq.shape[0], n_bin))], format="csr")]
+        for cols, t_lo, t_hi in terms:
+            m = cols[0][0].size
+            if m:
+                mats.append(_rows(m, ncol, cols))
+                lo.append(np.broadcast_to(np.asarray(t_lo, dtype=np.float64), (m,)))
+                hi.append(np.broadcast_to(np.asarray(t_hi, dtype=np.float64), (m,)))
+        spec = np.zeros(ncol)                                     # c·y ≤ τ
+        spec[lay.slice(g.output.name)] = c.detach().double().reshape(-1).numpy()
+        mats.append(sp.csr_matrix(spec))
+        lo.append(np.array([-np.inf]))
+        hi.append(np.array([self.options.tolerance]))
+        with _quiet(not self.options.disp):
+            res = so.milp(spec, integrality=np.concatenate([np.zeros(nv), np.ones(n_bin)]),
+                          bounds=so.Bounds(np.concatenate([lb, np.zeros(n_bin)]), np.concatenate([ub, np.ones(n_bin)])),
+                          constraints=so.LinearConstraint(sp.vstack(mats, format="csr"), np.concatenate(lo),
+                                                          np.concatenate(hi)),
+                          options={"time_limit": self.options.time_limit, "disp": self.options.disp})
+        seconds = time.perf_counter() - t0
+        if res.status == 2:  # infeasible: no input of the box reaches c·y ≤ τ
+            return RowResult("verified", seconds, n_bin)
+        minimum = float(res.fun) if res.status == 0 else None
+        if res.x is not None:
+            x = torch.from_numpy(res.x[xs]).to(x_lower.dtype).reshape(x_lower.shape)
+            x = torch.minimum(torch.maximum(x, x_lower), x_upper)
+            with torch.no_grad():
+                y = evaluate(g, x)[g.output.name]
+            if float((c.to(y.dtype).reshape(-1) * y.reshape(-1)).sum()) < 0:
+                return RowResult("falsified", seconds, n_bin, x, minimum, x)
+            return RowResult("unknown", seconds, n_bin, None, minimum, x)
+        return RowResult("unknown", seconds, n_bin)
+
+    def verify_spec(self, x_lower: Tensor, x_upper: Tensor, C: Tensor, bounds: dict[str, Interval],
+                    known_lower: Tensor | None = None) -> tuple[Status, list[RowResult]]:
+        """Decide every row of ``C`` (S, K) for one sample: verified if all rows are.
+
+        Rows whose ``known_lower`` bound is already > 0 are skipped; the others are
+        tried from the lowest bound up, stopping at the first counterexample.
+        """
+        order = range(C.shape[0]) if known_lower is None else known_lower.reshape(-1).argsort().tolist()
+        results = []
+        for r in order:
+            if known_lower is not None and float(known_lower.reshape(-1)[r]) > 0:
+                continue
+            res = self.verify_row(x_lower, x_upper, C[r], bounds)
+            results.append(res)
+            if res.status == "falsified":
+                return "falsified", results
+        status: Status = "verified" if all(r.status == "verified" for r in results) else "unknown"
+        return status, results
+
+
+def _rows(m: int, ncol: int, terms: list[tuple[np.ndarray, np.ndarray | float]]):
+    """An ``m``-row sparse matrix with, in row i, coefficient ``v[i]`` at column ``cols[i]`` per term."""
+    import scipy.sparse as sp
+
+    r = np.concatenate([np.arange(m)] * len(terms))
+    c = np.concatenate([cols for cols, _ in terms])
+    v = np.concatenate([np.broadcast_to(np.asarray(val, dtype=np.float64), (m,)) for _, val in terms])
+    return sp.csr_matrix((v, (r, c)), shape=(m, ncol))
+
+
+@contextmanager
+def _quiet(on: bool):
+    """Silence C-level stdout (HiGHS prints solver diagnostics there even with ``disp=False``)."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
+def _jacobian(n: Node, wrt: str, values: dict[str, Tensor]) -> np.ndarray:
+    """Dense Jacobian (out_numel × in_numel) of node ``n``'s eval rule in its input ``wrt``."""
+    fn = get_rule(n.op, "eval")
+
+    def f(v: Tensor) -> Tensor:
+        args = [v.reshape(values[i].shape) if i == wrt else (values[i] if i is not None else None) for i in n.inputs]
+        return fn(*args, **n.attrs).reshape(-1)
+
+    return torch.func.jacrev(f)(values[wrt].reshape(-1)).numpy()
+
+
+def _double(g: Graph) -> Graph:
+    """A copy of ``g`` whose tensors are float64 (for exact Jacobians)."""
+    h = g.copy()
+    h.tensors = {k: (v.detach().double() if v.is_floating_point() else v) for k, v in g.tensors.items()}
+    return h
