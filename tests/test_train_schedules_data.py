@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from boundc.errors import BoundcError
 from boundc.train import data, schedules
+from boundc.train.models import build_model
 
 
 def test_ramps():
@@ -91,3 +94,20 @@ def test_digits_builtin():
     ds = data.load_dataset("digits")
     assert ds.in_shape == (1, 8, 8) and len(ds.train) + len(ds.test) == 1797
     assert float(ds.train.x.max()) <= 1.0
+
+
+def test_paper_init_is_sonnet_truncated_normal_with_zero_bias():
+    model = build_model("small", (1, 28, 28), 10, seed=0, init="paper")
+    again = build_model("small", (1, 28, 28), 10, seed=0, init="paper")
+    default = build_model("small", (1, 28, 28), 10, seed=0)
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 4
+    for m in layers:
+        std = 1 / math.sqrt(m.weight[0].numel())
+        assert float(m.weight.abs().max()) <= 2 * std + 1e-7          # truncated at 2σ
+        assert 0.8 * std < float(m.weight.std()) < 0.95 * std         # std of N(0,σ²) cut at ±2σ ≈ 0.88σ
+        assert float(m.bias.abs().max()) == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert not torch.equal(layers[1].weight, [m for m in default.modules() if isinstance(m, nn.Conv2d)][1].weight)
+    with pytest.raises(BoundcError, match="unknown init"):
+        build_model("small", (1, 28, 28), 10, init="xavier")

@@ -10,6 +10,7 @@ import json
 import sys
 
 from boundc.train.data import DATASETS
+from boundc.train.models import INITS
 from boundc.train.trainer import METHODS, TrainConfig
 
 
@@ -42,6 +43,9 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig) -> No
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--init", default=defaults.init, choices=INITS,
+                   help="weight init: PyTorch defaults, or the IBP paper's (Sonnet: truncated normal 1/sqrt(fan_in), "
+                   "zero bias)")
     p.add_argument("--out", default=defaults.out, help="output directory (checkpoint, JSON, plot)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
@@ -57,7 +61,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        mixtrain_alpha=args.mixtrain_alpha, mixtrain_method=args.mixtrain_method,
                        mixtrain_every=args.mixtrain_every, reg_r1=args.reg_r1, reg_r2=args.reg_r2,
                        eval_limit=args.eval_limit, max_train=args.max_train, max_steps=args.max_steps,
-                       seed=args.seed, out=args.out, progress=args.progress)
+                       seed=args.seed, init=args.init, out=args.out, progress=args.progress)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

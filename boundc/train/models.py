@@ -7,6 +7,7 @@ small and large CNNs and a tiny CNN for 8×8 inputs; or ``path/file.py:factory``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -60,9 +61,33 @@ def model_names() -> list[str]:
     return sorted({**examples.EXAMPLES, **TRAIN_MODELS})
 
 
-def build_model(name: str, in_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> nn.Module:
-    """A freshly initialised model (train mode) by name or ``path/file.py:factory``; seeded for reproducibility."""
+#: Weight initialisations: PyTorch's defaults, or the Sonnet defaults of Gowal et al.'s code.
+INITS = ("torch", "paper")
+
+
+def paper_init(model: nn.Module) -> nn.Module:
+    """Sonnet's defaults (the IBP paper's code): weights ~ normal(0, 1/fan_in) truncated at
+    two standard deviations, biases zero; applied to every Linear and Conv layer."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            std = 1.0 / math.sqrt(m.weight[0].numel())
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def build_model(name: str, in_shape: tuple[int, ...], num_classes: int, seed: int = 0,
+                init: str = "torch") -> nn.Module:
+    """A freshly initialised model (train mode) by name or ``path/file.py:factory``; seeded for
+    reproducibility; ``init`` is one of :data:`INITS`."""
+    if init not in INITS:
+        from boundc.errors import BoundcError
+
+        raise BoundcError(f"unknown init {init!r}; choose from {', '.join(INITS)}")
     torch.manual_seed(seed)
+    if init == "paper":
+        return paper_init(build_model(name, in_shape, num_classes, seed))
     if ":" in name and name.split(":")[0].endswith(".py"):
         from boundc.commands.compile_cmd import load_factory
 

@@ -58,6 +58,7 @@ class TrainConfig:
     eval_limit: int = 1000                 # test images for the per-epoch clean/verified check
     max_train: int | None = None           # use only the first N training images
     seed: int = 0
+    init: str = "torch"                    # "torch" defaults or "paper" (Sonnet: truncated normal, zero bias)
     out: str = "boundc_runs/run"
     max_steps: int | None = None           # stop (and checkpoint) after this many steps: for tests / time limits
     progress: bool = True
@@ -169,7 +170,7 @@ def model_from_checkpoint(ckpt: dict, data: Dataset | None = None) -> tuple[nn.M
     """Rebuild the trained model (eval mode), its config and its dataset from a checkpoint."""
     cfg = TrainConfig.from_dict(ckpt["config"])
     data = data or load_dataset(cfg.dataset, cfg.data_dir)
-    model = build_model(cfg.model, data.in_shape, data.num_classes, cfg.seed)
+    model = build_model(cfg.model, data.in_shape, data.num_classes, cfg.seed, cfg.init)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg, data
 
@@ -182,7 +183,7 @@ class Trainer:
         self.cfg = cfg
         self.data = data or load_dataset(cfg.dataset, cfg.data_dir)
         self.out = Path(cfg.out)
-        self.model = build_model(cfg.model, self.data.in_shape, self.data.num_classes, cfg.seed)
+        self.model = build_model(cfg.model, self.data.in_shape, self.data.num_classes, cfg.seed, cfg.init)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.state = TrainState(alpha=cfg.mixtrain_alpha)
         if resume:
