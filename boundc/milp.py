@@ -48,6 +48,9 @@ AFFINE_OPS = frozenset({"linear", "conv", "scale_shift", "add", "sub", "mul", "r
 
 Status = Literal["verified", "falsified", "unknown"]
 
+#: Relative widening of the given node bounds before they become big-M constants.
+BOUND_SLACK = 1e-6
+
 
 @dataclass(frozen=True)
 class MilpOptions:
@@ -205,7 +208,18 @@ class MilpVerifier:
         """Decide ``c·y > 0`` over the box for one sample (``x_lower`` of batch 1).
 
         ``bounds`` maps node names to intervals (batch 1) that hold over the box;
-        every ReLU input needs finite ones.
+        every ReLU input needs finite ones.  ``minimum`` is ``min c·y`` when solved.
+        """
+        zero = torch.zeros(1, dtype=torch.float64)
+        return self.exclude(x_lower, x_upper, c.reshape(1, -1), zero, bounds)
+
+    def exclude(self, x_lower: Tensor, x_upper: Tensor, A: Tensor, b: Tensor, bounds: dict[str, Interval],
+                time_limit: float | None = None) -> RowResult:
+        """Show that no input of the box has ``A·y ≤ b`` (all rows): ``verified`` when excluded,
+        ``falsified`` with a point the network confirms, else ``unknown``.
+
+        Solved as ``min t`` subject to ``A·y − b ≤ t`` and ``t ≤ τ``; ``minimum`` is
+        the optimal ``t`` (``max_i (A·y − b)_i`` at the best input) when proved.
         """
         import scipy.optimize as so
         import scipy.sparse as sp
@@ -217,11 +231,12 @@ class MilpVerifier:
         xs = lay.slice(g.input.name)
         lb[xs] = x_lower.detach().double().reshape(-1).numpy()
         ub[xs] = x_upper.detach().double().reshape(-1).numpy()
-        for name, b in bounds.items():
+        for name, box in bounds.items():  # widened by a rounding slack: bounds may come from float32
             if name in lay.offset and name != g.input.name:
                 s = lay.slice(name)
-                lb[s] = np.maximum(lb[s], b.lower.detach().double().reshape(-1).numpy())
-                ub[s] = np.minimum(ub[s], b.upper.detach().double().reshape(-1).numpy())
+                lo_b, hi_b = box.lower.detach().double().reshape(-1).numpy(), box.upper.detach().double().reshape(-1).numpy()
+                lb[s] = np.maximum(lb[s], lo_b - BOUND_SLACK * (1 + np.abs(lo_b)))
+                ub[s] = np.minimum(ub[s], hi_b + BOUND_SLACK * (1 + np.abs(hi_b)))
         if self._eq is None:
             self._eq = self._equalities()
         eq, eq_rhs = self._eq
@@ -252,27 +267,36 @@ class MilpVerifier:
                 mats.append(_rows(m, ncol, cols))
                 lo.append(np.broadcast_to(np.asarray(t_lo, dtype=np.float64), (m,)))
                 hi.append(np.broadcast_to(np.asarray(t_hi, dtype=np.float64), (m,)))
-        spec = np.zeros(ncol)                                     # c·y ≤ τ
-        spec[lay.slice(g.output.name)] = c.detach().double().reshape(-1).numpy()
+        # the specification: A·y − t ≤ b with the objective variable t ≤ τ as the last column
+        A_np, b_np = A.detach().double().reshape(A.shape[0], -1).numpy(), b.detach().double().reshape(-1).numpy()
+        spec = np.zeros((A_np.shape[0], ncol + 1))
+        spec[:, lay.slice(g.output.name)] = A_np
+        spec[:, -1] = -1.0
+        mats = [sp.hstack([m, sp.csr_matrix((m.shape[0], 1))], format="csr") for m in mats]
         mats.append(sp.csr_matrix(spec))
-        lo.append(np.array([-np.inf]))
-        hi.append(np.array([self.options.tolerance]))
+        lo.append(np.full(A_np.shape[0], -np.inf))
+        hi.append(b_np)
+        cost = np.zeros(ncol + 1)
+        cost[-1] = 1.0
+        limit = self.options.time_limit if time_limit is None else max(time_limit, 0.1)
         with _quiet(not self.options.disp):
-            res = so.milp(spec, integrality=np.concatenate([np.zeros(nv), np.ones(n_bin)]),
-                          bounds=so.Bounds(np.concatenate([lb, np.zeros(n_bin)]), np.concatenate([ub, np.ones(n_bin)])),
+            res = so.milp(cost, integrality=np.concatenate([np.zeros(nv), np.ones(n_bin), [0]]),
+                          bounds=so.Bounds(np.concatenate([lb, np.zeros(n_bin), [-np.inf]]),
+                                           np.concatenate([ub, np.ones(n_bin), [self.options.tolerance]])),
                           constraints=so.LinearConstraint(sp.vstack(mats, format="csr"), np.concatenate(lo),
                                                           np.concatenate(hi)),
-                          options={"time_limit": self.options.time_limit, "disp": self.options.disp})
+                          options={"time_limit": limit, "disp": self.options.disp})
         seconds = time.perf_counter() - t0
-        if res.status == 2:  # infeasible: no input of the box reaches c·y ≤ τ
+        if res.status == 2:  # infeasible: no input of the box reaches A·y ≤ b + τ
             return RowResult("verified", seconds, n_bin)
         minimum = float(res.fun) if res.status == 0 else None
         if res.x is not None:
             x = torch.from_numpy(res.x[xs]).to(x_lower.dtype).reshape(x_lower.shape)
             x = torch.minimum(torch.maximum(x, x_lower), x_upper)
+            dtype = next((t.dtype for t in g.tensors.values() if t.is_floating_point()), x.dtype)
             with torch.no_grad():
-                y = evaluate(g, x)[g.output.name]
-            if float((c.to(y.dtype).reshape(-1) * y.reshape(-1)).sum()) < 0:
+                y = evaluate(g, x.to(dtype))[g.output.name].reshape(-1).double()
+            if bool((torch.from_numpy(A_np) @ y <= torch.from_numpy(b_np)).all()):
                 return RowResult("falsified", seconds, n_bin, x, minimum, x)
             return RowResult("unknown", seconds, n_bin, None, minimum, x)
         return RowResult("unknown", seconds, n_bin)

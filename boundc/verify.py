@@ -10,7 +10,10 @@ For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
 3. boxes that are not settled are bisected (input splitting, for low-dimensional
    inputs such as ACAS Xu), in batches, until every disjunct of every sub-box is
    excluded (``unsat``), a sub-box centre is a confirmed counterexample
-   (``sat``), the deadline passes or the queue exceeds ``max_boxes`` (``unknown``).
+   (``sat``), the deadline passes or the queue exceeds ``max_boxes`` (``unknown``);
+4. with ``complete``, a box too large to split is handed to the exact MILP of
+   :mod:`boundc.milp` (one problem per open disjunct, within the remaining time);
+   its counterexamples are confirmed in onnxruntime like the attack's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class VerifyOptions:
         batch: sub-boxes bounded per call.
         max_boxes: queue limit (memory bound); beyond it the answer is ``unknown``.
         seed: RNG seed of the attack.
+        complete: decide boxes that cannot be split with the MILP (ReLU networks).
     """
 
     method: str = "ibp"
@@ -54,6 +58,7 @@ class VerifyOptions:
     batch: int = 512
     max_boxes: int = 200_000
     seed: int = 0
+    complete: bool = False
 
 
 @dataclass
@@ -115,6 +120,7 @@ class VerifierModel:
         inp = self.sess.get_inputs()[0]
         self.ort_name = inp.name
         self.ort_batched = len(inp.shape) == len(self.input_shape) + 1
+        self.milp = None  # the MILP encoding, built on first use (VerifyOptions.complete)
 
     def check_property(self, n_in: int, n_out: int, where: str) -> None:
         """One clear error when the property's variable counts do not match the model."""
@@ -272,6 +278,37 @@ class _Search:
         lo_right.scatter_(1, dim[:, None], mid)
         return torch.cat([lo, lo_right]), torch.cat([hi_left, hi])
 
+    def complete(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[str, tuple | None, str]:
+        """Decide the open disjuncts of one box with the MILP (see :mod:`boundc.milp`)."""
+        from boundc.milp import MilpVerifier
+        from boundc.report import intersect_node_bounds
+
+        try:
+            verifier = self.m.milp or MilpVerifier(self.m.graph)
+        except BoundcError as err:
+            return "unknown", None, f"no MILP: {err}"
+        self.m.milp = verifier
+        shape = (1, *self.m.input_shape)
+        xl, xu = lo.reshape(shape), hi.reshape(shape)
+        bm, dtype = (self.m.bm64, torch.float64) if self.m.bm64 is not None else (self.m.bm, torch.float32)
+        with torch.no_grad():
+            bounds = intersect_node_bounds([bm], xl.to(dtype), xu.to(dtype))
+        for d in torch.nonzero(open_).flatten().tolist():
+            C, dv = self.spec.disjuncts[d]
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return "unknown", None, "timeout in the MILP"
+            res = verifier.exclude(xl, xu, C, dv, bounds, time_limit=left)
+            if res.status == "falsified":
+                lo32, hi32 = _f32_inside(lo, hi)
+                found = self.confirm(torch.minimum(torch.maximum(res.counterexample.reshape(-1).float(), lo32), hi32))
+                if found is not None:
+                    return "sat", found, "MILP counterexample"
+            if res.status != "verified":
+                why = "counterexample not confirmed" if res.status == "falsified" else "undecided"
+                return "unknown", None, f"MILP {why} ({res.binaries} unstable ReLUs, {res.seconds:.1f} s)"
+        return "unsat", None, "MILP"
+
     def run(self) -> tuple[str, tuple | None, str]:
         """``(status, counterexample, detail)`` for this box."""
         lo, hi = self.spec.lower[None], self.spec.upper[None]
@@ -293,6 +330,8 @@ class _Search:
             if found is not None:
                 return "sat", found, "sub-box centre"
             if not can_split:
+                if self.opts.complete:
+                    return self.complete(blo[0], bhi[0], open_[0])
                 return "unknown", None, "bounds too loose (input too large to split)"
             if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
                 return "unknown", None, f"more than {self.opts.max_boxes} open boxes"

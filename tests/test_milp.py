@@ -111,3 +111,34 @@ def test_milp_needs_bounds_on_relu_inputs() -> None:
     xl, xu = boundc.linf_box(x, 0.1)
     with pytest.raises(BoundcError, match="no finite bounds"):
         verifier.verify_row(xl, xu, torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64), {})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_milp_excludes_conjunctions_soundly(seed: int) -> None:
+    """``A·y ≤ b`` with two rows (a VNN-LIB disjunct): excluded only if no sampled point meets both rows."""
+    torch.manual_seed(seed)
+    model = _mlp().double().eval()
+    x = torch.rand(1, 4, dtype=torch.float64)
+    verifier = MilpVerifier(boundc.lower(model, x))
+    bm = boundc.compile(model, x, method="crown")
+    A = torch.tensor([[-1.0, 1.0, 0.0], [-1.0, 0.0, 1.0]], dtype=torch.float64)   # y1 and y2 both ≥ y0 + b
+    statuses = set()
+    for eps, shift in ((0.05, 0.0), (0.5, 0.0), (0.5, -0.3), (2.0, 0.2)):
+        xl, xu = boundc.linf_box(x, eps)
+        b = torch.full((2,), shift, dtype=torch.float64)
+        res = verifier.exclude(xl, xu, A, b, intersect_node_bounds([bm], xl, xu))
+        statuses.add(res.status)
+        with torch.no_grad():
+            xs = xl + (xu - xl) * torch.rand(20000, 4, dtype=torch.float64)
+            hit = ((model(xs) @ A.T) <= b).all(1).any()
+        if res.status == "verified":
+            assert not hit
+        elif res.status == "falsified":
+            with torch.no_grad():
+                assert bool(((model(res.counterexample) @ A.T)[0] <= b).all())
+        else:  # only an optimum inside the tolerance band (0, τ] is left undecided on a tiny net
+            assert res.minimum is not None and 0 < res.minimum <= verifier.options.tolerance
+        if res.minimum is not None:
+            with torch.no_grad():
+                assert res.minimum == pytest.approx(float(((model(res.point) @ A.T)[0] - b).max()), abs=1e-6)
+    assert "verified" in statuses

@@ -66,3 +66,61 @@ def test_variable_count_mismatch():
     root = shared_path("vnncomp")
     with pytest.raises(BoundcError, match="declares 784 inputs"):
         verify(str(root / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx"), root / "mnistfc" / "prop_0_0.03.vnnlib")
+
+
+def _tiny_onnx(path, seed: int = 0):
+    """A 10-16-16-3 ReLU MLP as ONNX (Gemm/Relu), plus its numpy forward."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    sizes = [10, 16, 16, 3]
+    Ws = [rng.normal(0, 1 / np.sqrt(a), (b, a)).astype(np.float32) for a, b in zip(sizes, sizes[1:])]
+    bs = [rng.normal(0, 0.1, b).astype(np.float32) for b in sizes[1:]]
+    nodes, inits, prev = [], [], "X"
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        out = "Y" if i == len(Ws) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [out], transB=1))
+        if i < len(Ws) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        prev = out
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 10])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+
+    def forward(x):
+        for i, (W, b) in enumerate(zip(Ws, bs)):
+            x = x @ W.T + b
+            x = np.maximum(x, 0) if i < len(Ws) - 1 else x
+        return x
+    return forward
+
+
+def test_complete_mode_decides_what_bounds_cannot(tmp_path):
+    """With input splitting off, ``complete`` settles boxes IBP leaves open; answers agree with sampling."""
+    forward = _tiny_onnx(tmp_path / "tiny.onnx")
+    x0 = np.linspace(0.2, 0.8, 10)
+    label = int(forward(x0[None].astype(np.float32)).argmax())
+    others = [j for j in range(3) if j != label]
+    rng = np.random.default_rng(1)
+    seen = []
+    for eps in (0.02, 0.1, 0.3, 0.6, 1.0):
+        lines = [f"(declare-const X_{i} Real)" for i in range(10)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+        for i, v in enumerate(x0):
+            lines += [f"(assert (>= X_{i} {v - eps}))", f"(assert (<= X_{i} {v + eps}))"]
+        lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
+        prop = tmp_path / f"p{eps}.vnnlib"
+        prop.write_text("\n".join(lines))
+        plain = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=30, max_split_dim=0, steps=0))
+        full = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=30, max_split_dim=0, steps=0,
+                                                                        complete=True))
+        ys = forward((x0 + eps * rng.uniform(-1, 1, (50000, 10))).astype(np.float32))
+        hit = bool((ys[:, others].max(1) >= ys[:, label]).any())
+        assert full.status != "unknown", (eps, full.detail)
+        assert full.status == ("sat" if hit else "unsat") or (full.status == "sat" and not hit)
+        if plain.status != "unknown":
+            assert plain.status == full.status
+        seen.append((plain.status, full.status))
+    assert ("unknown", "unsat") in seen or ("unknown", "sat") in seen, seen

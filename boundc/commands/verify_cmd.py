@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="result file (single property) or results CSV (--instances)")
     p.add_argument("--limit", type=int, default=None, help="with --instances: only the first N instances")
     p.add_argument("--seed", type=int, default=0, help="attack seed")
+    p.add_argument("--complete", action="store_true",
+                   help="decide boxes too large to split with an exact MILP (HiGHS); ReLU networks")
     p.set_defaults(func=run)
 
 
@@ -35,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise BoundcError("give MODEL.onnx PROP.vnnlib, or --instances DIR/instances.csv")
     from boundc.verify import VerifyOptions, verify
 
-    res = verify(args.model, args.prop, VerifyOptions(method=args.method, timeout=args.timeout or 60.0,
-                                                      seed=args.seed))
+    opts = VerifyOptions(method=args.method, timeout=args.timeout or 60.0, complete=args.complete, seed=args.seed)
+    res = verify(args.model, args.prop, opts)
     text = res.vnncomp()
     if args.out:
         Path(args.out).write_text(text)
@@ -85,8 +87,8 @@ def run_instances(args: argparse.Namespace) -> int:
                 key = os.fspath(root / onnx_rel)
                 if key not in models:
                     models[key] = VerifierModel(key, args.method)
-                res = verify(models[key], root / prop_rel, VerifyOptions(method=args.method, timeout=timeout,
-                                                                         seed=args.seed))
+                res = verify(models[key], root / prop_rel, VerifyOptions(
+                    method=args.method, timeout=timeout, complete=args.complete, seed=args.seed))
                 status, detail, method = res.status, res.detail, res.method
             except BoundcError as err:
                 status, detail, method = "error", str(err).splitlines()[0], args.method
