@@ -118,8 +118,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 class MilpVerifier:
     """The MILP encoding of one canonical IR graph (``BoundModule.graph``); affine blocks are built once.
 
-    ``verify_row(x_lower, x_upper, c, bounds)`` decides one specification row for
-    one sample (batch of 1) given per-node bounds (``boundc.report.node_bounds``).
+    The Jacobians are a snapshot of the parameters at construction: build a new
+    verifier after the model changes.  ``verify_row(x_lower, x_upper, c, bounds)``
+    decides one specification row for one sample (batch of 1), ``exclude`` a
+    conjunction ``A·y ≤ b``; ``bounds`` are per-node intervals over the box
+    (``boundc.report.intersect_node_bounds``).
     """
 
     def __init__(self, graph: Graph, options: MilpOptions | None = None) -> None:
