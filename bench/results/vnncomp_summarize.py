@@ -21,7 +21,9 @@ def main() -> None:
              "answers on known-`sat` instances (must be 0); every `sat` was confirmed by onnxruntime.", "",
              "`crown-complete`: `--method crown --complete --limit 30 --timeout 60` (the 256x2 net), run while "
              "three other jobs shared the 2 cores: at 60 s it settled none of the 9 instances CROWN leaves open "
-             "(alone, with 120 s: prop_0_0.03 unsat in 9 s, prop_0_0.05 sat in 101 s by a MILP counterexample).",
+             "Re-run alone with 120 s each, it settled none of the 9 either; during development, runs with the "
+             "crown node bounds only settled prop_0_0.03 (unsat, 9 s) and prop_0_0.05 (sat, 101 s): HiGHS's time "
+             "on these MILPs varies widely.",
              "",
              "| method | benchmark | instances | unsat | sat | unknown | unsound | total time (s) "
              "| known unsat | known sat | known other |", "|---|---|---|---|---|---|---|---|---|---|---|"]
