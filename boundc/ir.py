@@ -153,6 +153,10 @@ class Graph:
                     users[i].append(n.name)
         return users
 
+    def float_dtype(self, default: torch.dtype) -> torch.dtype:
+        """The dtype of the graph's floating-point tensors (``default`` when it has none)."""
+        return next((t.dtype for t in self.tensors.values() if t.is_floating_point()), default)
+
     def tensor_of(self, node: Node | str) -> torch.Tensor:
         """The live tensor behind a ``param`` node."""
         node = self.nodes[node] if isinstance(node, str) else node

@@ -87,15 +87,6 @@ class RowResult:
 
 
 @dataclass
-class _Affine:
-    """``out = Σ_i J_i · in_i + b`` over flattened per-sample values."""
-
-    inputs: list[str]
-    jacobians: list  # scipy.sparse matrices (out_numel × in_numel)
-    bias: np.ndarray
-
-
-@dataclass
 class _Layout:
     """Variable offsets of every perturbed node, in graph order."""
 
@@ -109,6 +100,9 @@ class _Layout:
 
     def slice(self, name: str) -> slice:
         return slice(self.offset[name], self.offset[name] + self.size[name])
+
+    def indices(self, name: str) -> np.ndarray:
+        return np.arange(self.offset[name], self.offset[name] + self.size[name])
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -134,9 +128,7 @@ class MilpVerifier:
         self.graph = graph
         self.options = options or MilpOptions()
         self.layout = _Layout()
-        self.affine: dict[str, _Affine] = {}
         self.relus: list[Node] = []
-        self._eq = None
         self._build()
 
     # -- encoding (once per graph) -----------------------------------------------------------
@@ -164,15 +156,15 @@ class MilpVerifier:
         g_out = g.output
         if g_out.name not in self.layout.offset:
             raise BoundcError(f"{g_out.where()}: the output does not depend on the input")
-        self._affine_blocks()
+        #: Every affine node as ``out − Σ_i J_i·in_i = b``: one sparse matrix over all variables, and ``b``.
+        self.equalities, self.equality_rhs = self._affine_equalities()
 
-    def _affine_blocks(self) -> None:
+    def _affine_equalities(self):
         import scipy.sparse as sp
 
-        g = self.graph
-        x0 = torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64)
-        values = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v)
-                  for k, v in evaluate(_double(g), x0).items()}
+        g, lay = self.graph, self.layout
+        values = evaluate(_double(g), torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64))
+        mats, rhs = [], []
         for n in g:
             if n.name not in self.layout.offset or n.op in ("input", "relu"):
                 continue
@@ -187,23 +179,12 @@ class MilpVerifier:
                 jacs.append(sp.csr_matrix(_jacobian(n, p, values)))
             bias = values[n.name].reshape(-1).numpy() - sum(
                 (J @ values[p].reshape(-1).numpy() for J, p in zip(jacs, pert)), np.zeros(out_n))
-            self.affine[n.name] = _Affine(pert, jacs, bias)
-
-    def _equalities(self):
-        """The affine equalities ``out − Σ J_i·in_i = b`` of all affine nodes as one sparse matrix."""
-        import scipy.sparse as sp
-
-        lay = self.layout
-        mats, rhs = [], []
-        for name, aff in self.affine.items():
-            m = lay.size[name]
-            blocks = [(name, sp.identity(m, format="coo"))] + [(p, -J.tocoo()) for p, J in zip(aff.inputs,
-                                                                                             aff.jacobians)]
+            blocks = [(n.name, sp.identity(out_n, format="coo"))] + [(p, -J.tocoo()) for p, J in zip(pert, jacs)]
             r = np.concatenate([M.row for _, M in blocks])
             c = np.concatenate([M.col + lay.offset[p] for p, M in blocks])
             v = np.concatenate([M.data for _, M in blocks])
-            mats.append(sp.csr_matrix((v, (r, c)), shape=(m, lay.total)))
-            rhs.append(aff.bias)
+            mats.append(sp.csr_matrix((v, (r, c)), shape=(out_n, lay.total)))
+            rhs.append(bias)
         return sp.vstack(mats, format="csr"), np.concatenate(rhs)
 
     # -- one problem -----------------------------------------------------------------------
@@ -240,15 +221,12 @@ class MilpVerifier:
                 lo_b, hi_b = box.lower.detach().double().reshape(-1).numpy(), box.upper.detach().double().reshape(-1).numpy()
                 lb[s] = np.maximum(lb[s], lo_b - BOUND_SLACK * (1 + np.abs(lo_b)))
                 ub[s] = np.minimum(ub[s], hi_b + BOUND_SLACK * (1 + np.abs(hi_b)))
-        if self._eq is None:
-            self._eq = self._equalities()
-        eq, eq_rhs = self._eq
-        mats, lo, hi = [eq], [eq_rhs], [eq_rhs]
+        eq, eq_rhs = self.equalities, self.equality_rhs
+        lo, hi = [eq_rhs], [eq_rhs]
         terms: list[tuple[list, float | np.ndarray, float | np.ndarray]] = []
         n_bin = 0
         for r in self.relus:
-            z_idx = np.arange(lay.offset[r.inputs[0]], lay.offset[r.inputs[0]] + lay.size[r.inputs[0]])
-            a_idx = np.arange(lay.offset[r.name], lay.offset[r.name] + lay.size[r.name])
+            z_idx, a_idx = lay.indices(r.inputs[0]), lay.indices(r.name)
             lz, uz = lb[z_idx], ub[z_idx]
             if not (np.isfinite(lz).all() and np.isfinite(uz).all()):
                 raise BoundcError(f"{r.where()}: no finite bounds on its input for the MILP big-M")
@@ -262,8 +240,8 @@ class MilpVerifier:
             terms.append(([(a_idx[k], 1.0), (z_idx[k], -1.0)], 0.0, np.inf))                # a ≥ z
             terms.append(([(a_idx[k], 1.0), (z_idx[k], -1.0), (d_idx, -l)], -np.inf, -l))   # a ≤ z − l(1 − δ)
             terms.append(([(a_idx[k], 1.0), (d_idx, -u)], -np.inf, 0.0))                    # a ≤ u·δ
-        ncol = nv + n_bin
-        mats = [sp.hstack([eq, sp.csr_matrix((eq.shape[0], n_bin))], format="csr")]
+        ncol = nv + n_bin + 1  # continuous variables, binaries, then the objective variable t
+        mats = [sp.hstack([eq, sp.csr_matrix((eq.shape[0], n_bin + 1))], format="csr")]
         for cols, t_lo, t_hi in terms:
             m = cols[0][0].size
             if m:
@@ -272,14 +250,13 @@ class MilpVerifier:
                 hi.append(np.broadcast_to(np.asarray(t_hi, dtype=np.float64), (m,)))
         # the specification: A·y − t ≤ b with the objective variable t ≤ τ as the last column
         A_np, b_np = A.detach().double().reshape(A.shape[0], -1).numpy(), b.detach().double().reshape(-1).numpy()
-        spec = np.zeros((A_np.shape[0], ncol + 1))
+        spec = np.zeros((A_np.shape[0], ncol))
         spec[:, lay.slice(g.output.name)] = A_np
         spec[:, -1] = -1.0
-        mats = [sp.hstack([m, sp.csr_matrix((m.shape[0], 1))], format="csr") for m in mats]
         mats.append(sp.csr_matrix(spec))
         lo.append(np.full(A_np.shape[0], -np.inf))
         hi.append(b_np)
-        cost = np.zeros(ncol + 1)
+        cost = np.zeros(ncol)
         cost[-1] = 1.0
         limit = self.options.time_limit if time_limit is None else max(time_limit, 0.1)
         with _quiet(not self.options.disp):
@@ -296,9 +273,8 @@ class MilpVerifier:
         if res.x is not None:
             x = torch.from_numpy(res.x[xs]).to(x_lower.dtype).reshape(x_lower.shape)
             x = torch.minimum(torch.maximum(x, x_lower), x_upper)
-            dtype = next((t.dtype for t in g.tensors.values() if t.is_floating_point()), x.dtype)
             with torch.no_grad():
-                y = evaluate(g, x.to(dtype))[g.output.name].reshape(-1).double()
+                y = evaluate(g, x.to(g.float_dtype(x.dtype)))[g.output.name].reshape(-1).double()
             if bool((torch.from_numpy(A_np) @ y <= torch.from_numpy(b_np)).all()):
                 return RowResult("falsified", seconds, n_bin, x, minimum, x)
             return RowResult("unknown", seconds, n_bin, None, minimum, x)

@@ -41,21 +41,10 @@ def node_bounds(bm, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
 def interval_node_bounds(g, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
     """IBP bounds of every perturbed node of the IR ``g``, walking it with the interval rules
     directly (no generated code, so no fused node is missing); in the graph's dtype."""
-    from boundc.passes.registry import get_rule
+    from boundc.passes.analysis import evaluate
 
-    dtype = next((t.dtype for t in g.tensors.values() if t.is_floating_point()), x_lower.dtype)
-    xl, xu = x_lower.to(dtype), x_upper.to(dtype)
-    values: dict = {}
-    for n in g:
-        if n.op == "input":
-            values[n.name] = Interval(xl, xu)
-        elif n.op == "clean_input":
-            values[n.name] = (xl + xu) / 2
-        elif n.op == "param":
-            values[n.name] = g.tensor_of(n)
-        else:
-            fn = get_rule(n.op, "interval" if n.perturbed else "eval")
-            values[n.name] = fn(*[values[i] if i is not None else None for i in n.inputs], **n.attrs)
+    xl, xu = x_lower.to(g.float_dtype(x_lower.dtype)), x_upper.to(g.float_dtype(x_lower.dtype))
+    values = evaluate(g, Interval(xl, xu), domain="interval", clean=(xl + xu) / 2)
     return {k: v for k, v in values.items() if isinstance(v, Interval)}
 
 

@@ -29,21 +29,30 @@ def mark_perturbed(g: Graph) -> Graph:
     return g
 
 
-def evaluate(g: Graph, x: torch.Tensor, extra: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Run the graph concretely (domain ``eval``) at ``x``; returns every node's value."""
-    values: dict[str, torch.Tensor] = {}
+def evaluate(g: Graph, x, extra: dict[str, torch.Tensor] | None = None, domain: str = "eval",
+             clean: torch.Tensor | None = None) -> dict:
+    """Run the graph at ``x``; returns every node's value.
+
+    Perturbed nodes use the rules of ``domain`` (``"eval"``: concrete tensors;
+    ``"interval"``: ``x`` is an :class:`~boundc.passes.interval.Interval` and
+    this is plain IBP), constant nodes always the concrete ones.  ``clean`` is
+    the value of ``clean_input`` (default: ``x`` itself).
+    """
+    values: dict = {}
     extra = extra or {}
     for n in g:
-        if n.op in ("input", "clean_input"):
+        if n.op == "input":
             values[n.name] = x
+        elif n.op == "clean_input":
+            values[n.name] = x if clean is None else clean
         elif n.op == "spec_matrix":
             values[n.name] = extra["C"]
         elif n.op == "param":
             values[n.name] = g.tensor_of(n)
         else:
-            fn = get_rule(n.op, "eval")
+            fn = get_rule(n.op, domain if n.perturbed else "eval")
             if fn is None:
-                raise BoundcError(f"{n.where()} has no concrete semantics")
+                raise BoundcError(f"{n.where()} has no rule in domain {domain if n.perturbed else 'eval'!r}")
             values[n.name] = fn(*[values[i] if i is not None else None for i in n.inputs], **n.attrs)
     return values
 

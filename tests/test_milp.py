@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from boundc.passes.analysis import evaluate
 from torch import nn
 
 import boundc
 from boundc.attacks import pgd_box
 from boundc.errors import BoundcError
 from boundc.milp import MilpOptions, MilpVerifier
-from boundc.report import intersect_node_bounds
+from boundc.report import intersect_node_bounds, interval_node_bounds
 
 
 class _Residual(nn.Module):
@@ -142,3 +143,20 @@ def test_milp_excludes_conjunctions_soundly(seed: int) -> None:
             with torch.no_grad():
                 assert res.minimum == pytest.approx(float(((model(res.point) @ A.T)[0] - b).max()), abs=1e-6)
     assert "verified" in statuses
+
+
+@pytest.mark.parametrize("factory, shape", [(_mlp, (4,)), (_Residual, (1, 4, 4))])
+def test_interval_node_bounds_contain_every_sampled_node_value(factory, shape) -> None:
+    """The IR-walking IBP used for the big-M constants is sound at every node, not just the output."""
+    torch.manual_seed(0)
+    model = factory().double().eval()
+    x = torch.rand(1, *shape, dtype=torch.float64)
+    g = boundc.lower(model, x)
+    xl, xu = boundc.linf_box(x, 0.2)
+    bounds = interval_node_bounds(g, xl, xu)
+    assert {n.inputs[0] for n in g if n.op == "relu"} <= set(bounds)
+    u = torch.rand((512, *shape), dtype=torch.float64)
+    u[:128] = (u[:128] > 0.5).double()                     # vertices too
+    values = evaluate(g, xl + (xu - xl) * u)
+    for name, b in bounds.items():
+        assert torch.all(values[name] >= b.lower - 1e-9) and torch.all(values[name] <= b.upper + 1e-9), name

@@ -94,22 +94,23 @@ def margin_lowers(cache: BoundCache, method: str, x: Tensor, y: Tensor, eps: flo
     return torch.cat(parts) if parts else torch.empty(0, num_classes - 1)
 
 
-def verified_count(cache: BoundCache, method: str, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float],
-                   num_classes: int, batch_size: int = 500) -> int:
-    """Number of samples whose margin lower bounds (method ``method``) are all > 0."""
-    return int((margin_lowers(cache, method, x, y, eps, clip, num_classes, batch_size) > 0).all(1).sum())
+def pgd_fooled(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float], steps: int,
+               restarts: int, batch_size: int = 500, seed: int = 0) -> Tensor:
+    """Boolean mask of the samples misclassified at the best PGD point (all restarts)."""
+    g = torch.Generator().manual_seed(seed)
+    masks = []
+    for s in _batches(len(y), batch_size):
+        adv = pgd_linf(model, x[s], y[s], eps, clip=clip, steps=steps, restarts=restarts, generator=g)
+        with torch.no_grad():
+            masks.append(model(adv).argmax(1) != y[s])
+    return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float], steps: int,
                  restarts: int, batch_size: int = 500, seed: int = 0) -> float:
     """Fraction of samples still correctly classified at the best PGD point (all restarts)."""
-    g = torch.Generator().manual_seed(seed)
-    correct = 0
-    for s in _batches(len(y), batch_size):
-        adv = pgd_linf(model, x[s], y[s], eps, clip=clip, steps=steps, restarts=restarts, generator=g)
-        with torch.no_grad():
-            correct += int((model(adv).argmax(1) == y[s]).sum())
-    return correct / max(len(y), 1)
+    fooled = pgd_fooled(model, x, y, eps, clip, steps, restarts, batch_size, seed)
+    return 1.0 - float(fooled.sum()) / max(len(y), 1)
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: BoundCache | None = None,
@@ -183,11 +184,8 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
     t = time.perf_counter()
     open_ = torch.nonzero(correct & ~done).flatten()
     if len(open_) and cfg.pgd_steps > 0:
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        adv = torch.cat([pgd_linf(model, x[open_][s], y[open_][s], cfg.eps, clip=cfg.clip, steps=cfg.pgd_steps,
-                                  restarts=cfg.restarts, generator=g) for s in _batches(len(open_), cfg.batch_size)])
-        with torch.no_grad():
-            fooled = model(adv).argmax(1) != y[open_]
+        fooled = pgd_fooled(model, x[open_], y[open_], cfg.eps, cfg.clip, cfg.pgd_steps, cfg.restarts,
+                            cfg.batch_size, cfg.seed + 1)
         res.cascade["falsified by PGD"] = int(fooled.sum())
         open_ = open_[~fooled]
     counts = {"verified": 0, "falsified": 0, "unknown": 0}
