@@ -21,7 +21,7 @@ def collect(run_dir: Path, evals: list[Path], note: str) -> dict:
     history = summary["history"]
     return {
         "train_command": (run_dir / "command.txt").read_text().strip(),
-        "train_wall_clock_seconds": summary.get("train_seconds", history[-1]["seconds"]),
+        "train_wall_clock_seconds": summary["train_seconds"],
         "schedule": summary.get("schedule"),
         "per_epoch": [{k: h[k] for k in PER_EPOCH_KEYS if k in h} for h in history],
         "per_epoch_note": "test_clean / test_verified (IBP) on the first 1000 MNIST test images at the evaluation eps",

@@ -30,7 +30,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -159,7 +159,7 @@ class MilpVerifier:
         #: Every affine node as ``out − Σ_i J_i·in_i = b``: one sparse matrix over all variables, and ``b``.
         self.equalities, self.equality_rhs = self._affine_equalities()
 
-    def _affine_equalities(self):
+    def _affine_equalities(self) -> tuple[Any, np.ndarray]:
         import scipy.sparse as sp
 
         g, lay = self.graph, self.layout

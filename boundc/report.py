@@ -43,7 +43,8 @@ def interval_node_bounds(g, x_lower: Tensor, x_upper: Tensor) -> dict[str, Inter
     directly (no generated code, so no fused node is missing); in the graph's dtype."""
     from boundc.passes.analysis import evaluate
 
-    xl, xu = x_lower.to(g.float_dtype(x_lower.dtype)), x_upper.to(g.float_dtype(x_lower.dtype))
+    dtype = g.float_dtype(x_lower.dtype)
+    xl, xu = x_lower.to(dtype), x_upper.to(dtype)
     values = evaluate(g, Interval(xl, xu), domain="interval", clean=(xl + xu) / 2)
     return {k: v for k, v in values.items() if isinstance(v, Interval)}
 

@@ -20,7 +20,8 @@ def main() -> None:
              "column on the full 10k test set. `best bound`: per margin the highest lower bound of IBP, "
              "CROWN-IBP and alpha-CROWN (alpha-CROWN only on samples still open). `complete`: then PGD and "
              "the exact MILP (HiGHS, 60 s per margin; time-outs count as not verified), the protocol of "
-             "the paper's verified column. Training: one thread each, two runs side by side.", "",
+             "the paper's verified column. Training: one thread each, two runs side by side (some runs also "
+             "beside an evaluation; each file's train_command says).", "",
              "| file | eps | eps_train | epochs | train min | clean | PGD | IBP | CROWN-IBP | best bound | complete "
              "| MILP undecided |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(glob.glob(f"{HERE}/train_mnist_*.json")):
