@@ -120,7 +120,7 @@ def bench_conv(batches: list[int], peak: tuple[float, float]) -> None:
 
 def bench_ibp_ratio(batches: list[int]) -> None:
     """IBP bound forward+backward over clean forward+backward, large CNN, torch vs Triton rules."""
-    from boundc.passes.fuse import fuse_relu_affine
+    from boundc.passes.graph.fuse import fuse_relu_affine
 
     import boundc
     from boundc import codegen, examples

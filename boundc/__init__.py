@@ -11,7 +11,7 @@ from boundc.codegen import methods
 from boundc.compiler import compile, lower
 from boundc.errors import BoundcError, UnsupportedOpError
 from boundc.options import CompileOptions
-from boundc.passes.interval import Interval
+from boundc.passes.rules.interval import Interval
 from boundc.specs import linf_box, margin_spec
 
 __all__ = ["BoundModule", "BoundcError", "CompileOptions", "Interval", "UnsupportedOpError", "compile",

@@ -20,10 +20,10 @@ import torch.fx as fx
 from boundc.errors import BoundcError
 from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
-from boundc.passes.analysis import check_rules
-from boundc.passes.fuse import fuse_relu_affine
-from boundc.passes.interval import Interval
-from boundc.passes.registry import get_rule
+from boundc.passes.graph.analysis import check_rules
+from boundc.passes.graph.fuse import fuse_relu_affine
+from boundc.passes.rules.interval import Interval
+from boundc.passes.rules.registry import get_rule
 
 #: Placeholder order of every generated bound network.
 INPUT_NAMES = ("x_lower", "x_upper", "C", "x_clean")

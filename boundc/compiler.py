@@ -13,8 +13,8 @@ from boundc.bound_module import BoundModule
 from boundc.errors import BoundcError
 from boundc.ir import Graph
 from boundc.options import CompileOptions
-from boundc.passes.canonicalize import canonicalize
-from boundc.passes.spec import attach_spec
+from boundc.passes.graph.canonicalize import canonicalize
+from boundc.passes.graph.spec import attach_spec
 
 
 def lower(model: Any, example: torch.Tensor | None = None) -> Graph:

@@ -70,7 +70,7 @@ class Certifier(nn.Module):
 def traceable_vjp_transpose(fn: Callable[[Tensor], Tensor], A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
     """Transpose of the linear part of ``fn`` applied to ``A`` (B, S, *out), by its explicit matrix.
 
-    Same result as :func:`boundc.passes.backward.vjp_transpose`, but built from
+    Same result as :func:`boundc.passes.rules.backward.vjp_transpose`, but built from
     ordinary ops (no ``torch.func``), so the TorchScript exporter can trace it.
     """
     n = math.prod(in_shape)
@@ -101,7 +101,7 @@ def _conv_input(nd: int) -> Callable[..., Tensor]:
 def _traceable() -> Iterator[None]:
     """Swap ``torch.func``-based helpers of the backward rules for traceable ones while exporting."""
     try:
-        from boundc.passes import backward
+        from boundc.passes.rules import backward
     except ImportError:  # no linear-relaxation methods installed
         yield
         return

@@ -2,12 +2,12 @@
 
 Each is a :func:`boundc.codegen.method` that emits, through the same
 :class:`~boundc.codegen.Emitter`, the calls of the per-op rules of
-:mod:`boundc.passes.backward` (or :mod:`boundc.passes.forward_linear`) in
+:mod:`boundc.passes.rules.backward` (or :mod:`boundc.passes.rules.forward_linear`) in
 reverse topological order, so the generated ``.code`` shows the backward walk
 (``A_linear = linear(A_relu, ...)``).  Intermediate bounds (only for inputs of
-non-linear ops, see :mod:`boundc.passes.planning`) come from IBP (crown-ibp) or
+non-linear ops, see :mod:`boundc.passes.graph.planning`) come from IBP (crown-ibp) or
 from chunked backward passes, each a generated sub-module ``walk_<node>``
-(its own readable ``.code``) run by :func:`~boundc.passes.backward.backward_bounds`.
+(its own readable ``.code``) run by :func:`~boundc.passes.rules.backward.backward_bounds`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch.fx as fx
 from boundc.codegen import Emitter, _ident, emit_interval, method
 from boundc.ir import Graph
 from boundc.options import CompileOptions
-from boundc.passes import backward as bw
-from boundc.passes import forward_linear as fw  # noqa: F401
-from boundc.passes.interval import input_box
-from boundc.passes.planning import NONLINEAR, ancestors, plan_bounds
-from boundc.passes.registry import get_rule
+from boundc.passes.graph.planning import NONLINEAR, ancestors, plan_bounds
+from boundc.passes.rules import backward as bw
+from boundc.passes.rules import forward_linear as fw  # noqa: F401
+from boundc.passes.rules.interval import input_box
+from boundc.passes.rules.registry import get_rule
 
 DOMAIN = "backward"
 

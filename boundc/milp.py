@@ -38,9 +38,9 @@ from torch import Tensor
 
 from boundc.errors import BoundcError
 from boundc.ir import Graph, Node
-from boundc.passes.analysis import evaluate
-from boundc.passes.interval import Interval
-from boundc.passes.registry import get_rule
+from boundc.passes.graph.analysis import evaluate
+from boundc.passes.rules.interval import Interval
+from boundc.passes.rules.registry import get_rule
 
 #: Ops that are affine in their perturbed inputs (their constants are fixed).
 AFFINE_OPS = frozenset({"linear", "conv", "scale_shift", "add", "sub", "mul", "reshape", "permute", "identity",

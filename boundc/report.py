@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from boundc.passes.interval import Interval
+from boundc.passes.rules.interval import Interval
 
 
 class _Recorder(fx.Interpreter):
@@ -41,7 +41,7 @@ def node_bounds(bm, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
 def interval_node_bounds(g, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
     """IBP bounds of every perturbed node of the IR ``g``, walking it with the interval rules
     directly (no generated code, so no fused node is missing); in the graph's dtype."""
-    from boundc.passes.analysis import evaluate
+    from boundc.passes.graph.analysis import evaluate
 
     dtype = g.float_dtype(x_lower.dtype)
     xl, xu = x_lower.to(dtype), x_upper.to(dtype)

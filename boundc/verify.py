@@ -29,7 +29,7 @@ from torch import Tensor
 import boundc
 from boundc.errors import BoundcError
 from boundc.frontends.vnnlib import Spec, read_vnnlib
-from boundc.passes.analysis import evaluate
+from boundc.passes.graph.analysis import evaluate
 
 #: Bound methods in order of preference when the requested one is missing.
 FALLBACK = "ibp"

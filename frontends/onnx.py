@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from boundc.passes.registry import get_rule
+from boundc.passes.rules.registry import get_rule
 
 from boundc.errors import BoundcError, UnsupportedOpError
 from boundc.ir import Graph, Node

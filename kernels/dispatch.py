@@ -8,7 +8,7 @@ raises when they cannot run (CPU tensors are accepted under
 ``torch.compile`` tracing, ``torch.jit`` tracing) the torch rules are always
 used, so exported graphs contain only standard ops.  The torch path is the
 exact code of the interval rules, so on the CPU results are bit-for-bit those
-of ``boundc.passes.interval``.
+of ``boundc.passes.rules.interval``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from functools import lru_cache, partial
 
 import torch
 import torch.nn.functional as F
-from boundc.passes import concrete
-from boundc.passes.interval import Interval, as_interval
+from boundc.passes.rules import concrete
+from boundc.passes.rules.interval import Interval, as_interval
 from torch import Tensor
 
 from boundc.errors import BoundcError

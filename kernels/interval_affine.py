@@ -46,7 +46,7 @@ def interval_affine_reference(lower: Tensor, upper: Tensor, weight: Tensor, bias
                               relu_input: bool = False, output: str = "bounds") -> tuple[Tensor, Tensor]:
     """The unfused torch rule: ``[W·c + b - |W|·r, W·c + b + |W|·r]`` (or ``(C, R)``).
 
-    Bit-for-bit the ``relu`` then ``linear`` interval rules of ``boundc.passes.interval``.
+    Bit-for-bit the ``relu`` then ``linear`` interval rules of ``boundc.passes.rules.interval``.
     """
     if output not in OUTPUTS:
         raise BoundcError(f"output must be one of {OUTPUTS}, got {output!r}")

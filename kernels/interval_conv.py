@@ -45,7 +45,7 @@ def interval_conv_reference(lower: Tensor, upper: Tensor, weight: Tensor, bias: 
                             output: str = "bounds") -> tuple[Tensor, Tensor]:
     """The unfused torch rule: ``conv(c, W) + b ± conv(r, |W|)`` (or ``(C, R)``).
 
-    Bit-for-bit the ``relu`` then ``conv`` interval rules of ``boundc.passes.interval`` (2-d).
+    Bit-for-bit the ``relu`` then ``conv`` interval rules of ``boundc.passes.rules.interval`` (2-d).
     """
     if output not in OUTPUTS:
         raise BoundcError(f"output must be one of {OUTPUTS}, got {output!r}")

@@ -1,3 +1,10 @@
-"""Graph → Graph passes and the per-op bound rules (imported here to register them)."""
+"""The compiler's passes, in two kinds.
 
-from . import concrete, interval  # noqa: F401
+* :mod:`boundc.passes.graph` — compile-time Graph → Graph rewrites and analyses
+  (canonicalise, perturbation analysis, spec attachment, fusion, planning).
+* :mod:`boundc.passes.rules` — run-time rule libraries and drivers: the per-op
+  functions the generated bound networks call (concrete, interval, backward,
+  forward), the activation relaxations and the rule registry.
+"""
+
+from .rules import concrete, interval  # noqa: F401  (registers the rules)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from boundc.passes import concrete, interval
-from boundc.passes.interval import Interval
-from boundc.passes.registry import get_rule, ops_with_rule
+from boundc.passes.rules import concrete, interval
+from boundc.passes.rules.interval import Interval
+from boundc.passes.rules.registry import get_rule, ops_with_rule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from boundc.passes.interval import Interval, centre_radius
+from boundc.passes.rules.interval import Interval, centre_radius
 from conftest import load_reference
 from soundness import check_sound
 

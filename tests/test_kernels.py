@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from boundc.kernels import dispatch  # noqa: E402
-from boundc.passes.fuse import fuse_relu_affine  # noqa: E402
-from boundc.passes.interval import Interval  # noqa: E402
+from boundc.passes.graph.fuse import fuse_relu_affine  # noqa: E402
+from boundc.passes.rules.interval import Interval  # noqa: E402
 
 import boundc  # noqa: E402
 from boundc import codegen, examples  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from boundc.passes.analysis import evaluate
+from boundc.passes.graph.analysis import evaluate
 from torch import nn
 
 import boundc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from boundc.passes.relaxation import ACTIVATIONS, relax
+from boundc.passes.rules.relaxation import ACTIVATIONS, relax
 
 FUNCS = {
     "relu": (torch.relu, {}),

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boundc.ir import Graph
+from boundc.passes.rules.relaxation import ACTIVATIONS
 
-from .relaxation import ACTIVATIONS
+from boundc.ir import Graph
 
 #: Ops whose backward rule needs the concrete bounds of their input.
 NONLINEAR = set(ACTIVATIONS) | {"max_pool2d"}

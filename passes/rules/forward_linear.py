@@ -223,7 +223,7 @@ def spec_linear(x: Symbolic, weight: Tensor, bias: Tensor | None, C: Tensor) -> 
 
 def emit_forward(em, options) -> tuple[fx.Node, fx.Node]:
     """Emit the forward method: one symbolic state per perturbed node, concretised at non-linear ops' inputs."""
-    from .planning import NONLINEAR
+    from boundc.passes.graph.planning import NONLINEAR
 
     g = em.g
     out = g.output

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
+from boundc.passes.rules.registry import get_rule
 
 from boundc.errors import BoundcError, UnsupportedOpError
 from boundc.ir import Graph
-
-from .registry import get_rule
 
 #: Ops whose value never depends on the perturbed input.
 SOURCES = {"param", "clean_input", "spec_matrix"}
@@ -34,7 +33,7 @@ def evaluate(g: Graph, x, extra: dict[str, torch.Tensor] | None = None, domain: 
     """Run the graph at ``x``; returns every node's value.
 
     Perturbed nodes use the rules of ``domain`` (``"eval"``: concrete tensors;
-    ``"interval"``: ``x`` is an :class:`~boundc.passes.interval.Interval` and
+    ``"interval"``: ``x`` is an :class:`~boundc.passes.rules.interval.Interval` and
     this is plain IBP), constant nodes always the concrete ones.  ``clean`` is
     the value of ``clean_input`` (default: ``x`` itself).
     """

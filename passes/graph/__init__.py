@@ -1,0 +1,1 @@
+"""Compile-time Graph → Graph rewrites and analyses: they run once, inside ``boundc.compile``."""
