@@ -73,7 +73,7 @@ class BoundModule(nn.Module):
     def export_onnx(self, path, spec: str | None = None) -> None:
         """Write an ONNX certifier (inputs x_lower, x_upper[, C | labels]; outputs lower, upper).
 
-        ``spec``: ``None`` (logit bounds), ``"C"`` or ``"margin"``; see :mod:`boundc.export`.
+        ``spec``: ``None`` (logit bounds), ``"C"`` or ``"margin"``; see :mod:`boundc.export.certifier`.
         """
         from boundc.export import export_onnx
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from boundc.attacks import pgd_box
+from boundc.verify.attacks import pgd_box
 
 #: Slack for floating-point rounding, relative to the output magnitude.
 RTOL = 1e-5

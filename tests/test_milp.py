@@ -8,10 +8,10 @@ from boundc.passes.graph.analysis import evaluate
 from torch import nn
 
 import boundc
-from boundc.attacks import pgd_box
 from boundc.errors import BoundcError
-from boundc.milp import MilpOptions, MilpVerifier
 from boundc.report import intersect_node_bounds, interval_node_bounds
+from boundc.verify.attacks import pgd_box
+from boundc.verify.milp import MilpOptions, MilpVerifier
 
 
 class _Residual(nn.Module):

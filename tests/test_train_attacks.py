@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import boundc
-from boundc.attacks import interval_attack, pgd_box, pgd_linf
 from boundc.train.losses import BoundCache
 from boundc.train.metrics import EvalConfig, evaluate, format_table
+from boundc.verify.attacks import interval_attack, pgd_box, pgd_linf
 
 
 def _model():
@@ -61,7 +61,7 @@ def test_verified_implies_pgd_robust_and_table():
 
 
 def test_cascade_best_bound_and_complete_milp_are_sound_and_decide_everything():
-    from boundc.milp import MilpOptions
+    from boundc.verify.milp import MilpOptions
 
     model = _model()
     g = torch.Generator().manual_seed(3)

@@ -30,10 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load, evaluate, print the table, optionally write JSON."""
-    from boundc.milp import MilpOptions
     from boundc.train.data import load_dataset
     from boundc.train.metrics import EvalConfig, evaluate, format_table, write_json
     from boundc.train.trainer import TrainConfig, load_checkpoint, model_from_checkpoint
+    from boundc.verify.milp import MilpOptions
 
     ck = load_checkpoint(args.checkpoint)
     cfg = TrainConfig.from_dict(ck["config"])

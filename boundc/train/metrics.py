@@ -8,7 +8,7 @@ Beyond one method per row, :func:`evaluate` can *cascade*: the row
 methods, where the costly ``refine`` methods (e.g. alpha-CROWN) only run on the
 samples the cheaper ones left unverified; the row ``complete MILP`` then
 decides what is still open — PGD first (a counterexample settles it), then the
-exact MILP of :mod:`boundc.milp`.  Time-outs count as not verified, as in
+exact MILP of :mod:`boundc.verify.milp`.  Time-outs count as not verified, as in
 Gowal et al.'s MIP evaluation.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from boundc.attacks import pgd_linf
-from boundc.milp import MilpOptions
 from boundc.options import CompileOptions, LinearOptions
 from boundc.train.losses import BoundCache, margin_lower_bounds
+from boundc.verify.attacks import pgd_linf
+from boundc.verify.milp import MilpOptions
 
 #: How the ``refine`` methods are compiled: intermediate bounds intersected with IBP,
 #: and a longer alpha-CROWN optimisation than the training default.
@@ -162,8 +162,8 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
              res: EvalResult, num_classes: int) -> None:
     """The ``best bound`` and ``complete MILP`` rows (see the module docstring); fills ``res``."""
     import boundc
-    from boundc.milp import MilpVerifier
     from boundc.report import intersect_node_bounds
+    from boundc.verify.milp import MilpVerifier
 
     n = len(y)
     with torch.no_grad():

@@ -12,7 +12,7 @@ For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
    excluded (``unsat``), a sub-box centre is a confirmed counterexample
    (``sat``), the deadline passes or the queue exceeds ``max_boxes`` (``unknown``);
 4. with ``complete``, a box too large to split is handed to the exact MILP of
-   :mod:`boundc.milp` (one problem per open disjunct, within the remaining time);
+   :mod:`boundc.verify.milp` (one problem per open disjunct, within the remaining time);
    its counterexamples are confirmed in onnxruntime like the attack's.
 """
 
@@ -279,9 +279,9 @@ class _Search:
         return torch.cat([lo, lo_right]), torch.cat([hi_left, hi])
 
     def complete(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[str, tuple | None, str]:
-        """Decide the open disjuncts of one box with the MILP (see :mod:`boundc.milp`)."""
-        from boundc.milp import MilpVerifier
+        """Decide the open disjuncts of one box with the MILP (see :mod:`boundc.verify.milp`)."""
         from boundc.report import intersect_node_bounds
+        from boundc.verify.milp import MilpVerifier
 
         try:
             verifier = self.m.milp or MilpVerifier(self.m.graph)
