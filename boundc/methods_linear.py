@@ -7,7 +7,7 @@ reverse topological order, so the generated ``.code`` shows the backward walk
 (``A_linear = linear(A_relu, ...)``).  Intermediate bounds (only for inputs of
 non-linear ops, see :mod:`boundc.passes.graph.planning`) come from IBP (crown-ibp) or
 from chunked backward passes, each a generated sub-module ``walk_<node>``
-(its own readable ``.code``) run by :func:`~boundc.passes.rules.backward.backward_bounds`.
+(its own readable ``.code``) run by :func:`~boundc.passes.rules.engine.backward_bounds`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from boundc.ir import Graph
 from boundc.options import CompileOptions
 from boundc.passes.graph.planning import NONLINEAR, ancestors, plan_bounds
 from boundc.passes.rules import backward as bw
+from boundc.passes.rules import engine
 from boundc.passes.rules import forward_linear as fw  # noqa: F401
 from boundc.passes.rules.interval import input_box
 from boundc.passes.rules.registry import get_rule
@@ -138,7 +139,7 @@ def emit_intermediate(em: Emitter, options: CompileOptions, mode: str, intermedi
                 kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
             if lo.intersect_ibp:
                 kw["ibp"] = ivals[p.node]
-            bounds[p.node] = em.call(bw.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
+            bounds[p.node] = em.call(engine.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
                                      name=f"bounds_{p.node}")
         bounds[p.node].meta["boundc_bounds"] = p.node  # read by BoundModule.report
     return bounds
@@ -149,19 +150,19 @@ def emit_start(em: Emitter) -> tuple[str, fx.Node, tuple[int, ...] | None]:
     g = em.g
     out = g.output
     if out.op == "spec":
-        return out.inputs[0], em.call(bw.start_spec, (em.arg(out.inputs[1]),), name="start"), None
+        return out.inputs[0], em.call(engine.start_spec, (em.arg(out.inputs[1]),), name="start"), None
     if out.op == "spec_linear":
         x, w, b, c = out.inputs
-        return x, em.call(bw.start_spec_linear, (em.arg(c), em.arg(w), em.arg(b)), name="start"), None
+        return x, em.call(engine.start_spec_linear, (em.arg(c), em.arg(w), em.arg(b)), name="start"), None
     shape = _shape(g, out.name)
-    return out.name, em.call(bw.start_identity, (em.inputs["x_lower"], shape), name="start"), shape
+    return out.name, em.call(engine.start_identity, (em.inputs["x_lower"], shape), name="start"), shape
 
 
 def _finish_output(em: Emitter, res: fx.Node, shape: tuple[int, ...] | None) -> tuple[fx.Node, fx.Node]:
     lower, upper = em.attr(res, "lower"), em.attr(res, "upper")
     if shape is not None and len(shape) != 1:
-        lower = em.call(bw.unflatten_output, (lower, shape), name="lower")
-        upper = em.call(bw.unflatten_output, (upper, shape), name="upper")
+        lower = em.call(engine.unflatten_output, (lower, shape), name="lower")
+        upper = em.call(engine.unflatten_output, (upper, shape), name="upper")
     return lower, upper
 
 
@@ -180,7 +181,7 @@ def backward_method(em: Emitter, options: CompileOptions, mode: str, intermediat
     wnode = _module(em, "walk_output", walk)
     relus = {a: bounds[node] for a, node in amap.items()}
     lo = options.linear
-    res = em.call(bw.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, relus),
+    res = em.call(engine.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, relus),
                   dict(iterations=lo.alpha_iterations, lr=lo.alpha_lr), name="bound")
     return _finish_output(em, res, shape)
 
