@@ -1,7 +1,9 @@
 """ONNX frontend: an ONNX model → boundc IR.
 
-Each ONNX op is lowered by a function registered with :func:`lowering`.  The
-lowerer keeps, for every ONNX value, either a *constant* (a torch tensor:
+Each ONNX op is lowered by a function registered with
+:func:`~boundc.frontends.onnx_lowering.lowering` (the lowerings are in
+:mod:`boundc.frontends.onnx_ops`, the machinery in
+:mod:`boundc.frontends.onnx_lowering`).  The lowerer keeps, for every ONNX value, either a *constant* (a torch tensor:
 initializers, ``Constant`` nodes and everything computed only from them, which
 is folded here) or the name of a *batched* IR node (derived from the input).
 
@@ -21,50 +23,16 @@ lowering is reported in one :class:`~boundc.errors.UnsupportedOpError`.
 
 from __future__ import annotations
 
-import math
 import os
-import re
-from collections.abc import Callable
-from typing import Any
 
-import numpy as np
-import torch
-from boundc.passes.rules.registry import get_rule
+import onnx
+from boundc.frontends import onnx_ops  # noqa: F401  (importing it registers the lowerings)
+from boundc.frontends.onnx_lowering import Lowerer, supported_ops
 
-from boundc.errors import BoundcError, UnsupportedOpError
-from boundc.ir import Graph, Node
+from boundc.errors import BoundcError
+from boundc.ir import Graph
 
-try:
-    import onnx
-    from onnx import numpy_helper
-except ImportError as _err:  # pragma: no cover - onnx is a dependency of this frontend
-    raise ImportError("the ONNX frontend needs the 'onnx' package (pip install onnx)") from _err
-
-#: Batch size of the example the graph is traced with (2: tells batch from size-1 dims).
-TRACE_BATCH = 2
-
-Lowering = Callable[["_Lowerer", Any], "list[Any] | None"]
-_LOWERINGS: dict[str, Lowering] = {}
-
-
-class Unsupported(Exception):
-    """Raised inside a lowering: this node (with these attributes/inputs) cannot be lowered."""
-
-
-def lowering(*op_types: str) -> Callable[[Lowering], Lowering]:
-    """Register a lowering for ONNX op types; it returns one value per node output."""
-
-    def register(fn: Lowering) -> Lowering:
-        for name in op_types:
-            _LOWERINGS[name] = fn
-        return fn
-
-    return register
-
-
-def supported_ops() -> list[str]:
-    """ONNX op types the frontend can lower."""
-    return sorted(_LOWERINGS)
+__all__ = ["from_onnx", "load_model", "supported_ops"]
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -85,239 +53,6 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def _ident(name: str) -> str:
-    name = re.sub(r"\W", "_", name).strip("_") or "t"
-    return name if not name[0].isdigit() else "t_" + name
-
-
-def _to_torch(arr: np.ndarray) -> torch.Tensor:
-    """Numpy → torch; floating tensors take the default dtype."""
-    t = torch.from_numpy(np.array(arr, copy=True))
-    if t.is_floating_point():
-        t = t.to(torch.get_default_dtype())
-    return t
-
-
-class Value:
-    """A batched ONNX value: its IR node name and ONNX rank."""
-
-    __slots__ = ("name", "rank")
-
-    def __init__(self, name: str, rank: int) -> None:
-        self.name = name
-        self.rank = rank
-
-
-class _Lowerer:
-    """State while lowering one ONNX graph."""
-
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        self.proto = proto
-        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
-        self.g = Graph()
-        self.env: dict[str, Value | torch.Tensor | None] = {}
-        self.example: dict[str, torch.Tensor] = {}  # IR node name -> traced value
-        self.problems: list[str] = []
-        self.offset = 0
-        self.node: Any = None  # the ONNX node being lowered
-
-    # -- helpers used by lowerings ---------------------------------------------------
-    @property
-    def source(self) -> str:
-        """``ONNX node 'name' (OpType)`` of the node being lowered."""
-        return f"ONNX node '{self.node.name}' ({self.node.op_type})"
-
-    def attr(self, name: str, default: Any = None) -> Any:
-        """An attribute of the current node as a Python value."""
-        for a in self.node.attribute:
-            if a.name == name:
-                v = onnx.helper.get_attribute_value(a)
-                if isinstance(v, bytes):
-                    return v.decode()
-                if isinstance(v, onnx.TensorProto):
-                    return _to_torch(numpy_helper.to_array(v))
-                if isinstance(v, list):
-                    return [x.decode() if isinstance(x, bytes) else x for x in v]
-                return v
-        return default
-
-    def inp(self, i: int) -> Value | torch.Tensor | None:
-        """The i-th input of the current node (``None`` when absent)."""
-        names = self.node.input
-        if i >= len(names) or names[i] == "":
-            return None
-        return self.env[names[i]]
-
-    def const(self, i: int, what: str = "input") -> torch.Tensor | None:
-        """The i-th input, which must be constant."""
-        v = self.inp(i)
-        if isinstance(v, Value):
-            raise Unsupported(f"input-dependent {what} (input {i})")
-        return v
-
-    def batched(self, i: int) -> Value:
-        """The i-th input, which must be batched."""
-        v = self.inp(i)
-        if not isinstance(v, Value):
-            raise Unsupported(f"expected an input-dependent value at input {i}")
-        return v
-
-    def param(self, tensor: torch.Tensor, base: str = "const") -> str:
-        """A ``param`` node for a constant tensor."""
-        if tensor.dtype == torch.bool or not tensor.is_floating_point():
-            tensor = tensor.to(torch.get_default_dtype())
-        node = self.g.add_tensor(_ident(f"{self.node.name or self.node.op_type}_{base}"), tensor, self.source)
-        self.example[node.name] = tensor
-        return node.name
-
-    def operand(self, v: Value | torch.Tensor | None) -> str | None:
-        """IR name of a value (constants become ``param`` nodes)."""
-        if v is None:
-            return None
-        return v.name if isinstance(v, Value) else self.param(v)
-
-    def emit(self, op: str, inputs: tuple, rank: int | None = None, **attrs: Any) -> Value:
-        """Add a batched IR node, evaluate it on the example and return its value."""
-        fn = get_rule(op, "eval")
-        vals = [None if i is None else self.example[i] for i in inputs]
-        with torch.no_grad():
-            out = fn(*vals, **attrs)
-        base = _ident(self.node.name or self.node.op_type)
-        node = Node(self.g.fresh_name(base), op, tuple(inputs), attrs, tuple(out.shape), True, self.source)
-        if out.dim() == 0 or out.shape[0] != TRACE_BATCH:
-            raise Unsupported(f"the result mixes the batch dimension into others (shape {list(out.shape)})")
-        self.g.add(node)
-        self.example[node.name] = out
-        return Value(node.name, out.dim() - self.offset if rank is None else rank)
-
-    def shape(self, v: Value) -> list[int]:
-        """The ONNX-view shape of a batched value (batch written as 1 when it is dim 0)."""
-        s = list(self.example[v.name].shape)
-        return s[1:] if self.offset else [1] + s[1:]
-
-    def ir_axis(self, axis: int, rank: int) -> int:
-        """The IR axis of ONNX axis ``axis`` of a batched value of ONNX rank ``rank``."""
-        a = axis + rank if axis < 0 else axis
-        if not 0 <= a < rank:
-            raise Unsupported(f"axis {axis} out of range for rank {rank}")
-        if a == 0 and not self.offset:
-            raise Unsupported("an operation along the batch dimension")
-        return a + self.offset
-
-    def reshape(self, v: Value, onnx_shape: list[int]) -> Value:
-        """Reshape a batched value to a fully known ONNX shape."""
-        per = list(onnx_shape) if self.offset else list(onnx_shape[1:])
-        if not self.offset and (not onnx_shape or onnx_shape[0] != 1):
-            raise Unsupported(f"a reshape to {onnx_shape} that mixes the batch dimension")
-        total = self.example[v.name][0].numel()
-        if math.prod(per) != total:
-            raise Unsupported(f"a reshape to {onnx_shape} that mixes the batch dimension")
-        return self.emit("reshape", (v.name,), rank=len(onnx_shape), shape=(-1, *per))
-
-    # -- driver ----------------------------------------------------------------------
-    def run(self) -> Graph:
-        graph = self.proto.graph
-        inits = {t.name for t in graph.initializer}
-        for t in graph.initializer:
-            self.env[t.name] = _to_torch(numpy_helper.to_array(t))
-        inputs = [i for i in graph.input if i.name not in inits]
-        if len(inputs) != 1:
-            raise BoundcError(f"boundc supports ONNX models with one input, this one has {len(inputs)}: "
-                              f"{[i.name for i in inputs]}")
-        self._input(inputs[0])
-        for k, node in enumerate(graph.node):
-            if not node.name:
-                node.name = f"{node.op_type}_{k}"
-            self.node = node
-            self._lower(node)
-        if self.problems:
-            raise UnsupportedOpError(self.problems)
-        outs = []
-        for o in graph.output:
-            v = self.env.get(o.name)
-            if not isinstance(v, Value):
-                raise BoundcError(f"ONNX output '{o.name}' does not depend on the input")
-            outs.append(v.name)
-        self.g.outputs = outs
-        return self.g
-
-    def _input(self, vi: Any) -> None:
-        dims = vi.type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-        if not shape:
-            raise BoundcError(f"ONNX input '{vi.name}' is a scalar; boundc needs a tensor input")
-        if len(shape) >= 2 and shape[0] in (None, 1):
-            self.offset, per = 0, shape[1:]
-        else:
-            self.offset, per = 1, shape
-        if any(d is None or d <= 0 for d in per):
-            raise BoundcError(f"ONNX input '{vi.name}' has symbolic non-batch dimensions {shape}")
-        x = Node("x", "input", shape=(TRACE_BATCH, *per), batched=True, source=f"ONNX input '{vi.name}'")
-        self.g.add(x)
-        self.example["x"] = torch.rand(TRACE_BATCH, *per, generator=torch.Generator().manual_seed(0))
-        self.env[vi.name] = Value("x", len(shape))
-
-    def _lower(self, node: Any) -> None:
-        ins = [self.env.get(i) if i else None for i in node.input]
-        if any(i and i not in self.env for i in node.input):
-            raise BoundcError(f"ONNX node '{node.name}' ({node.op_type}) reads undefined value "
-                              f"{[i for i in node.input if i and i not in self.env]}")
-        if node.domain not in ("", "ai.onnx"):
-            self.problems.append(f"{node.domain}.{node.op_type} at ONNX node '{node.name}'")
-            self._poison(node)
-            return
-        if any(i is None and n for i, n in zip(ins, node.input)):
-            self._poison(node)  # depends on a node already reported
-            return
-        fn = _LOWERINGS.get(node.op_type)
-        try:
-            if fn is None:
-                if all(not isinstance(v, Value) for v in ins):
-                    outs = _fold_reference(node, ins, self.opset)
-                else:
-                    self.problems.append(f"{node.op_type} at ONNX node '{node.name}'")
-                    self._poison(node)
-                    return
-            else:
-                outs = fn(self, node)
-        except Unsupported as why:
-            self.problems.append(f"{node.op_type} at ONNX node '{node.name}': {why}")
-            self._poison(node)
-            return
-        if not isinstance(outs, (list, tuple)):
-            outs = [outs]
-        for name, val in zip(node.output, outs):
-            if name:
-                self.env[name] = val
-        for name in node.output[len(outs):]:
-            if name:
-                self.env[name] = None
-
-    def _poison(self, node: Any) -> None:
-        for name in node.output:
-            if name:
-                self.env[name] = None
-
-
-def _fold_reference(node: Any, ins: list, opset: int) -> list[torch.Tensor]:
-    """Evaluate a node with only constant inputs through ``onnx.reference``."""
-    from onnx.reference import ReferenceEvaluator
-
-    names = [f"in{k}" for k in range(len(ins))]
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names]
-    outputs = [onnx.helper.make_tensor_value_info(f"out{k}", onnx.TensorProto.FLOAT, None)
-               for k in range(len(node.output))]
-    copy = onnx.helper.make_node(node.op_type, names, [o.name for o in outputs], domain=node.domain)
-    copy.attribute.extend(node.attribute)
-    graph = onnx.helper.make_graph([copy], "fold", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    try:
-        res = ReferenceEvaluator(model).run(None, {n: v.numpy() for n, v in zip(names, ins)})
-    except Exception as err:  # noqa: BLE001 - no lowering and no reference implementation
-        raise Unsupported(f"constant folding failed ({type(err).__name__}: {err})") from err
-    return [_to_torch(np.asarray(r)) for r in res]
-
-
 def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> Graph:
     """Lower an ONNX model (path or ``ModelProto``) to the boundc IR."""
     proto = load_model(model)
@@ -325,8 +60,4 @@ def from_onnx(model: str | os.PathLike | onnx.ModelProto) -> Graph:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # noqa: BLE001,S110 - shape inference is only a help; lowering traces shapes itself
         pass
-    return _Lowerer(proto).run()
-
-
-# Lowerings live in a sibling module so this one stays small.
-from boundc.frontends import onnx_ops as _onnx_ops  # noqa: E402,F401  (registers the lowerings)
+    return Lowerer(proto).run()

@@ -1,6 +1,6 @@
 """Per-op lowerings of the ONNX frontend (registered with ``@lowering``).
 
-Each lowering reads the current node through the :class:`_Lowerer` helpers and
+Each lowering reads the current node through the :class:`Lowerer` helpers and
 returns one value per node output: a torch tensor for a constant result (folded
 here) or a batched :class:`Value` (an IR node).  Raising :class:`Unsupported`
 reports the node in the frontend's single error.
@@ -12,13 +12,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from boundc.frontends.onnx import Unsupported, Value, _Lowerer, lowering
+from boundc.frontends.onnx_lowering import Lowerer, Unsupported, Value, lowering
 
 # -- structural -------------------------------------------------------------------------
 
 
 @lowering("Identity", "Dropout")
-def _identity(lw: _Lowerer, node) -> list:
+def _identity(lw: Lowerer, node) -> list:
     """Identity; Dropout at inference (its mask output is not supported)."""
     if len(node.output) > 1 and node.output[1]:
         raise Unsupported("the dropout mask output")
@@ -26,7 +26,7 @@ def _identity(lw: _Lowerer, node) -> list:
 
 
 @lowering("Constant")
-def _constant(lw: _Lowerer, node) -> list:
+def _constant(lw: Lowerer, node) -> list:
     """A constant tensor from any of the value attributes."""
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         v = lw.attr(key)
@@ -39,7 +39,7 @@ def _constant(lw: _Lowerer, node) -> list:
 
 
 @lowering("Shape")
-def _shape(lw: _Lowerer, node) -> list:
+def _shape(lw: Lowerer, node) -> list:
     """Shape of a value (the batch dimension of a batched value reads 1)."""
     x = lw.inp(0)
     shape = torch.tensor(lw.shape(x) if isinstance(x, Value) else list(x.shape), dtype=torch.int64)
@@ -48,7 +48,7 @@ def _shape(lw: _Lowerer, node) -> list:
 
 
 @lowering("Flatten")
-def _flatten(lw: _Lowerer, node) -> list:
+def _flatten(lw: Lowerer, node) -> list:
     """Flatten to 2-d at ``axis``."""
     x = lw.inp(0)
     axis = lw.attr("axis", 1)
@@ -73,7 +73,7 @@ def _resolve_shape(target: list[int], shape: list[int], allowzero: bool) -> list
 
 
 @lowering("Reshape")
-def _reshape(lw: _Lowerer, node) -> list:
+def _reshape(lw: Lowerer, node) -> list:
     """Reshape (target from the second input, or the ``shape`` attribute before opset 5)."""
     x = lw.inp(0)
     target = lw.attr("shape") if lw.opset < 5 else lw.const(1, "shape")
@@ -87,7 +87,7 @@ def _reshape(lw: _Lowerer, node) -> list:
     return [lw.reshape(x, _resolve_shape(target, s, allowzero))]
 
 
-def _axes(lw: _Lowerer, idx: int) -> list[int] | None:
+def _axes(lw: Lowerer, idx: int) -> list[int] | None:
     if lw.opset >= 13:
         a = lw.const(idx, "axes")
         return None if a is None else [int(v) for v in a.tolist()]
@@ -96,7 +96,7 @@ def _axes(lw: _Lowerer, idx: int) -> list[int] | None:
 
 
 @lowering("Squeeze")
-def _squeeze(lw: _Lowerer, node) -> list:
+def _squeeze(lw: Lowerer, node) -> list:
     """Remove size-1 dimensions (never the batch)."""
     x = lw.inp(0)
     axes = _axes(lw, 1)
@@ -112,7 +112,7 @@ def _squeeze(lw: _Lowerer, node) -> list:
 
 
 @lowering("Unsqueeze")
-def _unsqueeze(lw: _Lowerer, node) -> list:
+def _unsqueeze(lw: Lowerer, node) -> list:
     """Insert size-1 dimensions (not before the batch)."""
     x = lw.inp(0)
     axes = _axes(lw, 1)
@@ -131,7 +131,7 @@ def _unsqueeze(lw: _Lowerer, node) -> list:
 
 
 @lowering("Transpose")
-def _transpose(lw: _Lowerer, node) -> list:
+def _transpose(lw: Lowerer, node) -> list:
     """Permute dimensions (the batch must stay first)."""
     x = lw.inp(0)
     rank = x.rank if isinstance(x, Value) else x.dim()
@@ -148,7 +148,7 @@ def _transpose(lw: _Lowerer, node) -> list:
 
 
 @lowering("Concat")
-def _concat(lw: _Lowerer, node) -> list:
+def _concat(lw: Lowerer, node) -> list:
     """Concatenate along a non-batch axis."""
     xs = [lw.inp(k) for k in range(len(node.input))]
     axis = lw.attr("axis", 0)
@@ -167,14 +167,14 @@ def _concat(lw: _Lowerer, node) -> list:
 
 # -- arithmetic -------------------------------------------------------------------------
 
-def _broadcast_ok(lw: _Lowerer, x: Value, c: torch.Tensor) -> None:
+def _broadcast_ok(lw: Lowerer, x: Value, c: torch.Tensor) -> None:
     if c.dim() > x.rank:
         raise Unsupported(f"a constant of rank {c.dim()} broadcast against a rank-{x.rank} value")
     if not lw.offset and c.dim() == x.rank and c.shape[0] != 1:
         raise Unsupported("a constant that varies along the batch dimension")
 
 
-def _binary(lw: _Lowerer, node, op: str) -> list:
+def _binary(lw: Lowerer, node, op: str) -> list:
     a, b = lw.inp(0), lw.inp(1)
     if not isinstance(a, Value) and not isinstance(b, Value):
         fn = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}[op]
@@ -187,7 +187,7 @@ def _binary(lw: _Lowerer, node, op: str) -> list:
 
 
 @lowering("Add", "Sum")
-def _add(lw: _Lowerer, node) -> list:
+def _add(lw: Lowerer, node) -> list:
     """Elementwise sum (``Sum`` with two inputs)."""
     if len(node.input) != 2:
         raise Unsupported(f"Sum of {len(node.input)} inputs")
@@ -195,19 +195,19 @@ def _add(lw: _Lowerer, node) -> list:
 
 
 @lowering("Sub")
-def _sub(lw: _Lowerer, node) -> list:
+def _sub(lw: Lowerer, node) -> list:
     """Elementwise difference."""
     return _binary(lw, node, "sub")
 
 
 @lowering("Mul")
-def _mul(lw: _Lowerer, node) -> list:
+def _mul(lw: Lowerer, node) -> list:
     """Elementwise product."""
     return _binary(lw, node, "mul")
 
 
 @lowering("Div")
-def _div(lw: _Lowerer, node) -> list:
+def _div(lw: Lowerer, node) -> list:
     """Division by a constant (multiplication by its reciprocal)."""
     a, b = lw.inp(0), lw.inp(1)
     if not isinstance(a, Value) and not isinstance(b, Value):
@@ -220,7 +220,7 @@ def _div(lw: _Lowerer, node) -> list:
 
 
 @lowering("Neg")
-def _neg(lw: _Lowerer, node) -> list:
+def _neg(lw: Lowerer, node) -> list:
     """Negation."""
     x = lw.inp(0)
     if not isinstance(x, Value):
@@ -229,7 +229,7 @@ def _neg(lw: _Lowerer, node) -> list:
 
 
 @lowering("Gemm")
-def _gemm(lw: _Lowerer, node) -> list:
+def _gemm(lw: Lowerer, node) -> list:
     """``alpha * A' @ B' + beta * C`` with a constant ``B`` → linear."""
     a = lw.inp(0)
     b = lw.const(1, "weight B")
@@ -252,7 +252,7 @@ def _gemm(lw: _Lowerer, node) -> list:
 
 
 @lowering("MatMul")
-def _matmul(lw: _Lowerer, node) -> list:
+def _matmul(lw: Lowerer, node) -> list:
     """Matrix product with a constant matrix on either side → linear."""
     a, b = lw.inp(0), lw.inp(1)
     if not isinstance(a, Value) and not isinstance(b, Value):
@@ -287,7 +287,7 @@ def _matmul(lw: _Lowerer, node) -> list:
 # -- activations ------------------------------------------------------------------------
 
 def _unary(op: str, fold, **attrs) -> None:
-    def lower(lw: _Lowerer, node) -> list:
+    def lower(lw: Lowerer, node) -> list:
         x = lw.inp(0)
         if not isinstance(x, Value):
             return [fold(x)]
@@ -302,7 +302,7 @@ lowering("Softplus")(_unary("softplus", F.softplus, beta=1.0, threshold=20.0))
 
 
 @lowering("LeakyRelu")
-def _leaky_relu(lw: _Lowerer, node) -> list:
+def _leaky_relu(lw: Lowerer, node) -> list:
     """Leaky ReLU with slope ``alpha`` (default 0.01)."""
     x, slope = lw.inp(0), float(lw.attr("alpha", 0.01))
     if not isinstance(x, Value):
@@ -311,7 +311,7 @@ def _leaky_relu(lw: _Lowerer, node) -> list:
 
 
 @lowering("Clip")
-def _clip(lw: _Lowerer, node) -> list:
+def _clip(lw: Lowerer, node) -> list:
     """Clamp to constant bounds (attributes before opset 11, inputs after)."""
     x = lw.inp(0)
     if lw.opset < 11:
@@ -327,7 +327,7 @@ def _clip(lw: _Lowerer, node) -> list:
 
 # -- convolution, pooling, normalisation ------------------------------------------------
 
-def _spatial_pads(lw: _Lowerer, nd: int, kernel: list[int], strides: list[int], dil: list[int],
+def _spatial_pads(lw: Lowerer, nd: int, kernel: list[int], strides: list[int], dil: list[int],
                   in_spatial: list[int]) -> list[int]:
     """ONNX ``pads`` ([begins..., ends...]) with ``auto_pad`` resolved."""
     auto = lw.attr("auto_pad", "NOTSET")
@@ -353,7 +353,7 @@ def _torch_pad(pads: list[int], nd: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _pre_pad(lw: _Lowerer, x: Value, pads: list[int], nd: int, value: float = 0.0) -> tuple[Value, list[int]]:
+def _pre_pad(lw: Lowerer, x: Value, pads: list[int], nd: int, value: float = 0.0) -> tuple[Value, list[int]]:
     """Split ``pads`` into a symmetric part (returned) and an explicit pad node for the rest."""
     sym = [min(pads[k], pads[k + nd]) for k in range(nd)]
     extra = [pads[k] - sym[k] for k in range(nd)] + [pads[k + nd] - sym[k] for k in range(nd)]
@@ -363,7 +363,7 @@ def _pre_pad(lw: _Lowerer, x: Value, pads: list[int], nd: int, value: float = 0.
 
 
 @lowering("Conv")
-def _conv(lw: _Lowerer, node) -> list:
+def _conv(lw: Lowerer, node) -> list:
     """N-d convolution with a constant kernel."""
     x = lw.batched(0)
     w, b = lw.const(1, "weight"), lw.const(2, "bias")
@@ -379,7 +379,7 @@ def _conv(lw: _Lowerer, node) -> list:
 
 
 @lowering("Pad")
-def _pad(lw: _Lowerer, node) -> list:
+def _pad(lw: Lowerer, node) -> list:
     """Constant, reflect or edge padding."""
     x = lw.batched(0)
     mode = lw.attr("mode", "constant")
@@ -410,7 +410,7 @@ def _pad(lw: _Lowerer, node) -> list:
     return [lw.emit("pad", (x.name,), rank=rank, pad=_torch_pad(trailing, nd), mode=tmode, value=value)]
 
 
-def _pool_common(lw: _Lowerer, x: Value) -> tuple[list[int], list[int], list[int]]:
+def _pool_common(lw: Lowerer, x: Value) -> tuple[list[int], list[int], list[int]]:
     kernel = list(lw.attr("kernel_shape"))
     if len(kernel) != 2:
         raise Unsupported(f"{len(kernel)}-d pooling (only 2-d)")
@@ -421,7 +421,7 @@ def _pool_common(lw: _Lowerer, x: Value) -> tuple[list[int], list[int], list[int
 
 
 @lowering("AveragePool")
-def _avg_pool(lw: _Lowerer, node) -> list:
+def _avg_pool(lw: Lowerer, node) -> list:
     """2-d average pooling (ONNX default: padding not counted)."""
     x = lw.batched(0)
     kernel, strides, pads = _pool_common(lw, x)
@@ -437,7 +437,7 @@ def _avg_pool(lw: _Lowerer, node) -> list:
 
 
 @lowering("MaxPool")
-def _max_pool(lw: _Lowerer, node) -> list:
+def _max_pool(lw: Lowerer, node) -> list:
     """2-d max pooling (the indices output is not supported)."""
     if len(node.output) > 1 and node.output[1]:
         raise Unsupported("the indices output of MaxPool")
@@ -450,7 +450,7 @@ def _max_pool(lw: _Lowerer, node) -> list:
 
 
 @lowering("GlobalAveragePool")
-def _global_avg_pool(lw: _Lowerer, node) -> list:
+def _global_avg_pool(lw: Lowerer, node) -> list:
     """Mean over the spatial dimensions of an NCHW tensor."""
     x = lw.batched(0)
     if x.rank != 4 or lw.offset:
@@ -459,7 +459,7 @@ def _global_avg_pool(lw: _Lowerer, node) -> list:
 
 
 @lowering("BatchNormalization")
-def _batch_norm(lw: _Lowerer, node) -> list:
+def _batch_norm(lw: Lowerer, node) -> list:
     """Inference-mode batch normalisation with constant statistics."""
     x = lw.batched(0)
     if lw.attr("training_mode", 0) or (len(node.output) > 1 and any(node.output[1:])):
