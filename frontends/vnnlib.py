@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -264,8 +265,13 @@ def _group(rd: _Reader, clauses: list[list], n_in: int, n_out: int) -> list[Spec
             if missing:
                 raise VnnlibError(f"{rd.where}: input X_{missing[0]} has no finite lower and upper bound "
                                   f"({len(missing)} unbounded input(s))")
-            if any(a > b for a, b in zip(lo, hi)):
-                continue  # empty box: nothing unsafe here
+            empty = [i for i, (a, b) in enumerate(zip(lo, hi)) if a > b]
+            if empty:  # empty box: nothing unsafe here, but almost surely a mistake in the property
+                i = empty[0]
+                warnings.warn(f"{rd.where}: the input box of a case is empty (X_{i} >= {lo[i]:g} and X_{i} <= {hi[i]:g}"
+                              f"{f', and {len(empty) - 1} more input(s)' if len(empty) > 1 else ''}); that case "
+                              "cannot be violated and is skipped", stacklevel=2)
+                continue
             C = torch.tensor(rows, dtype=torch.float64).reshape(len(rows), n_out)
             d = torch.tensor(rhs, dtype=torch.float64)
             boxes.setdefault((tuple(lo), tuple(hi)), []).append((C, d))

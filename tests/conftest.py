@@ -24,7 +24,9 @@ def shared_path(*parts: str) -> Path:
     """A path under ../shared/, skipping the test when it is absent."""
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"{p} not available")
+        pytest.skip(f"needs {p}: ../shared is the project's folder beside the repository with the data (MNIST, "
+                    "CIFAR samples), the VNN-COMP benchmarks and reference bounds; absent in a bare clone "
+                    "(set BOUNDC_SHARED to use another location; see the README)")
     return p
 
 

@@ -4,11 +4,17 @@ Every loader returns a :class:`Split` of float images in ``[0, 1]`` shaped
 (N, C, H, W) and int64 labels.  Supported: MNIST / Fashion-MNIST (IDX files,
 optionally gzipped), CIFAR-10 (python pickle batches or the 100-image CSV) and
 scikit-learn's built-in 8×8 digits (the default: ships with scikit-learn).
+
+Where the files are (:func:`resolve_data_dir`, first match): ``--data DIR`` (the
+dataset's own directory), ``$BOUNDC_DATA/<dataset>``, then
+``../shared/data/<dataset>`` beside the repository (the project's data folder,
+see the README).  Nothing else: no absolute paths, no download.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from dataclasses import dataclass
@@ -21,7 +27,11 @@ from torch import Tensor
 from boundc.errors import BoundcError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": "/work/shared/data/mnist"}
+#: Environment variable naming a folder with one sub-folder per dataset (``mnist/``, ``cifar10/`` ...).
+DATA_ENV = "BOUNDC_DATA"
+#: The repository's checkout (``boundc/`` lives in it); its sibling ``shared/data`` is the project's data folder.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
@@ -142,16 +152,38 @@ def load_cifar10(path: str | Path) -> Dataset:
     raise BoundcError(f"{p}: no CIFAR-10 python batches (data_batch_*) or CSV file found")
 
 
+def resolve_data_dir(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """``(directory, how it was found)`` of dataset ``name``: ``data_dir`` (``--data``), else
+    ``$BOUNDC_DATA/<name>``, else ``../shared/data/<name>`` beside the repository.  One
+    :class:`BoundcError` listing what was tried when none exists."""
+    if data_dir is not None:
+        d = Path(data_dir)
+        if not d.exists():
+            raise BoundcError(f"dataset {name!r}: --data {d} does not exist (no download at run time: put the files there)")
+        return d, "--data"
+    tried = []
+    env = os.environ.get(DATA_ENV)
+    if env:
+        d = Path(env) / name
+        if d.exists():
+            return d, f"${DATA_ENV}"
+        tried.append(f"${DATA_ENV}/{name} = {d}")
+    d = SHARED_DATA / name
+    if d.exists():
+        return d, "../shared/data beside the repository"
+    tried.append(f"../shared/data/{name} = {d}")
+    raise BoundcError(f"dataset {name!r} needs its files (no download at run time): pass --data DIR, or set "
+                      f"{DATA_ENV} to a folder holding {name}/; tried {'; '.join(tried)}")
+
+
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
-    """A dataset by name: ``digits`` (built-in), ``mnist``, ``fashion-mnist`` or ``cifar10`` from ``data_dir``."""
+    """A dataset by name: ``digits`` (built-in), ``mnist``, ``fashion-mnist`` or ``cifar10`` from the directory
+    :func:`resolve_data_dir` finds."""
     if name == "digits":
         return load_digits()
     if name not in DATASETS:
         raise BoundcError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    directory = data_dir or DEFAULT_DIRS.get(name)
-    if directory is None or not Path(directory).exists():
-        raise BoundcError(f"dataset {name!r} needs --data DIR with its files (no download at run time); "
-                          f"{directory or 'no default'} does not exist")
+    directory, _ = resolve_data_dir(name, data_dir)
     if name == "cifar10":
         return load_cifar10(directory)
     return load_mnist(directory, name)

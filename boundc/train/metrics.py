@@ -85,31 +85,58 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100
     return correct / max(len(y), 1)
 
 
+def _bar(total: int, desc: str, progress: bool, unit: str = "img"):
+    """A tqdm bar drawn only on a terminal (``disable=None``) and only when ``progress`` is set."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if progress else True, dynamic_ncols=True, leave=False)
+
+
 @torch.no_grad()
 def margin_lowers(cache: BoundCache, method: str, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float],
-                  num_classes: int, batch_size: int = 500, options: CompileOptions | None = None) -> Tensor:
+                  num_classes: int, batch_size: int = 500, options: CompileOptions | None = None,
+                  progress: bool = False) -> Tensor:
     """Margin lower bounds (n, K−1) of every sample with ``method``."""
     bm = cache.get(method, options)
-    parts = [margin_lower_bounds(bm, x[s], y[s], eps, clip, num_classes).detach() for s in _batches(len(y), batch_size)]
+    parts = []
+    with _bar(len(y), f"verify [{method}]", progress) as bar:
+        for s in _batches(len(y), batch_size):
+            parts.append(margin_lower_bounds(bm, x[s], y[s], eps, clip, num_classes).detach())
+            bar.update(s.stop - s.start)
     return torch.cat(parts) if parts else torch.empty(0, num_classes - 1)
 
 
 def pgd_fooled(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float], steps: int,
-               restarts: int, batch_size: int = 500, seed: int = 0) -> Tensor:
-    """Boolean mask of the samples misclassified at the best PGD point (all restarts)."""
+               restarts: int, batch_size: int = 500, seed: int = 0, progress: bool = False) -> Tensor:
+    """Boolean mask of the samples misclassified at some PGD restart (the first from the clean input, the
+    others from uniform random points of the ball); a sample already fooled is not attacked again."""
     g = torch.Generator().manual_seed(seed)
-    masks = []
-    for s in _batches(len(y), batch_size):
-        adv = pgd_linf(model, x[s], y[s], eps, clip=clip, steps=steps, restarts=restarts, generator=g)
-        with torch.no_grad():
-            masks.append(model(adv).argmax(1) != y[s])
-    return torch.cat(masks) if masks else torch.zeros(0, dtype=torch.bool)
+    fooled = torch.zeros(len(y), dtype=torch.bool)
+    with _bar(len(y) * restarts, f"PGD {steps} steps x {restarts}", progress) as bar:
+        for r in range(restarts):
+            open_ = torch.nonzero(~fooled).flatten()
+            bar.update(len(y) - len(open_))
+            for s in _batches(len(open_), batch_size):
+                idx = open_[s]
+                xb, yb = x[idx], y[idx]
+                start = None
+                if r:
+                    lo, hi = xb - eps, xb + eps
+                    if clip is not None:
+                        lo, hi = lo.clamp(*clip), hi.clamp(*clip)
+                    start = lo + (hi - lo) * torch.rand(xb.shape, generator=g, dtype=xb.dtype).to(xb.device)
+                adv = pgd_linf(model, xb, yb, eps, clip=clip, steps=steps, restarts=1, start=start, generator=g)
+                with torch.no_grad():
+                    fooled[idx] |= (model(adv).argmax(1) != yb).cpu()
+                bar.update(len(idx))
+                bar.set_postfix(fooled=int(fooled.sum()), refresh=False)
+    return fooled
 
 
 def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple[float, float], steps: int,
-                 restarts: int, batch_size: int = 500, seed: int = 0) -> float:
-    """Fraction of samples still correctly classified at the best PGD point (all restarts)."""
-    fooled = pgd_fooled(model, x, y, eps, clip, steps, restarts, batch_size, seed)
+                 restarts: int, batch_size: int = 500, seed: int = 0, progress: bool = False) -> float:
+    """Fraction of samples still correctly classified at every PGD restart."""
+    fooled = pgd_fooled(model, x, y, eps, clip, steps, restarts, batch_size, seed, progress)
     return 1.0 - float(fooled.sum()) / max(len(y), 1)
 
 
@@ -133,7 +160,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: Bou
         t = time.perf_counter()
         res.n_pgd = n
         res.pgd = pgd_accuracy(model, x[:n], y[:n], cfg.eps, cfg.clip, cfg.pgd_steps, cfg.restarts,
-                               cfg.batch_size, cfg.seed)
+                               cfg.batch_size, cfg.seed, cfg.progress)
         res.seconds["pgd"] = time.perf_counter() - t
     n = len(y) if cfg.verify_limit is None else min(cfg.verify_limit, len(y))
     res.n_verified = n
@@ -144,7 +171,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: Bou
             continue
         t = time.perf_counter()
         try:
-            low = margin_lowers(cache, method, x[:n], y[:n], cfg.eps, cfg.clip, num_classes, cfg.batch_size)
+            low = margin_lowers(cache, method, x[:n], y[:n], cfg.eps, cfg.clip, num_classes, cfg.batch_size,
+                                progress=cfg.progress)
         except Exception as err:  # a method that cannot handle this model: report, don't crash the table
             res.skipped[method] = f"{type(err).__name__}: {err}"
         else:
@@ -173,7 +201,7 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
         t = time.perf_counter()
         if len(open_):
             low = margin_lowers(cache, method, x[open_], y[open_], cfg.eps, cfg.clip, num_classes,
-                                cfg.batch_size, cfg.refine_options)
+                                cfg.batch_size, cfg.refine_options, progress=cfg.progress)
             best[open_] = torch.maximum(best[open_], low)
         res.seconds[f"refine {method}"] = time.perf_counter() - t
     done = (best > 0).all(1)
@@ -185,7 +213,7 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
     open_ = torch.nonzero(correct & ~done).flatten()
     if len(open_) and cfg.pgd_steps > 0:
         fooled = pgd_fooled(model, x[open_], y[open_], cfg.eps, cfg.clip, cfg.pgd_steps, cfg.restarts,
-                            cfg.batch_size, cfg.seed + 1)
+                            cfg.batch_size, cfg.seed + 1, cfg.progress)
         res.cascade["falsified by PGD"] = int(fooled.sum())
         open_ = open_[~fooled]
     counts = {"verified": 0, "falsified": 0, "unknown": 0}
@@ -194,7 +222,7 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
 
         verifier = MilpVerifier(cache.get("ibp").graph, cfg.complete)
         bound_nets = [cache.get(m, cfg.refine_options) for m in cfg.complete.bound_methods]
-        for i in tqdm(open_.tolist(), desc="MILP", disable=not cfg.progress):
+        for i in tqdm(open_.tolist(), desc="MILP", disable=None if cfg.progress else True):
             xl, xu = boundc.linf_box(x[i:i + 1], cfg.eps, cfg.clip)
             with torch.no_grad():
                 bounds = intersect_node_bounds(bound_nets, xl, xu)

@@ -89,9 +89,11 @@ def build_model(name: str, in_shape: tuple[int, ...], num_classes: int, seed: in
     if init == "paper":
         return paper_init(build_model(name, in_shape, num_classes, seed))
     if ":" in name and name.split(":")[0].endswith(".py"):
-        from boundc.commands.compile_cmd import load_factory
+        from boundc.model_files import check_model_input, load_factory
 
-        return load_factory(name).train()
+        model = load_factory(name)
+        check_model_input(model, in_shape, f"--model {name} (dataset inputs)", num_classes)
+        return model.train()
     table = {**{k: v[0] for k, v in examples.EXAMPLES.items()}, **{k: v[0] for k, v in TRAIN_MODELS.items()}}
     if name not in table:
         from boundc.errors import BoundcError

@@ -21,12 +21,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from boundc.errors import BoundcError
 from boundc.train import losses, schedules
 from boundc.train.data import Dataset, load_dataset
 from boundc.train.metrics import EvalConfig, evaluate
 from boundc.train.models import build_model
 
-METHODS = ("ibp", "crown-ibp", "crown", "fast-lin", "forward", "mixtrain", "clean")
+METHODS = ("ibp", "crown-ibp", "crown", "fast-lin", "forward", "alpha-crown", "mixtrain", "clean")
+
+#: Below this many steps the ibp-paper schedule's learning-rate drops (at 25 % and 42 % of the run) would leave
+#: too few full-rate steps to learn anything; such short runs drop the rate at 80 % and 90 % instead.
+SHORT_RUN_STEPS = 5000
+SHORT_RUN_MILESTONES = (0.8, 0.9)
+#: Fewer steps than this rarely give a useful certified model (the demo takes about 900); the user is warned.
+TOO_SHORT_STEPS = 300
 
 
 @dataclass
@@ -69,12 +77,19 @@ class TrainConfig:
         eps_train = self.eps if self.eps_train is None else self.eps_train
         if self.schedule == "ibp-paper":
             s = schedules.ibp_paper(eps_train, total, self.kappa_final, self.lr, self.ramp)
-            return schedules.Schedule(**{**asdict(s), "beta_final": self.beta_final})
+            milestones = s.lr_milestones
+            if self.is_short_run(steps_per_epoch):
+                milestones = tuple(int(total * f) for f in SHORT_RUN_MILESTONES)
+            return schedules.Schedule(**{**asdict(s), "beta_final": self.beta_final, "lr_milestones": milestones})
         return schedules.Schedule(
             total_steps=total, eps_train=eps_train, warmup_steps=int(self.warmup_epochs * steps_per_epoch),
             rampup_steps=max(int(self.rampup_epochs * steps_per_epoch), 1), kappa_final=self.kappa_final,
             beta_final=self.beta_final, lr=self.lr,
             lr_milestones=tuple(int(e * steps_per_epoch) for e in self.lr_milestones), ramp=self.ramp)
+
+    def is_short_run(self, steps_per_epoch: int) -> bool:
+        """Whether the ibp-paper schedule is shortened (see :data:`SHORT_RUN_STEPS`)."""
+        return self.schedule == "ibp-paper" and self.epochs * steps_per_epoch < SHORT_RUN_STEPS
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -194,7 +209,22 @@ class Trainer:
         n = len(self.data.train) if cfg.max_train is None else min(cfg.max_train, len(self.data.train))
         self.n_train = n
         self.steps_per_epoch = n // cfg.batch_size
+        if self.steps_per_epoch < 1:
+            raise BoundcError(f"--batch-size {cfg.batch_size} is larger than the {n} training images: no step "
+                              "per epoch")
         self.schedule = cfg.schedule_obj(self.steps_per_epoch)
+        #: Remarks on the run for the user (the CLI prints them).
+        self.notes: list[str] = []
+        if cfg.is_short_run(self.steps_per_epoch):
+            total = cfg.epochs * self.steps_per_epoch
+            self.notes.append(f"short run ({total} steps < {SHORT_RUN_STEPS}): the ibp-paper schedule's learning-rate "
+                              f"drops are moved to steps {', '.join(map(str, self.schedule.lr_milestones))} "
+                              f"(80% and 90% of the run) so that the model still learns")
+        total = cfg.epochs * self.steps_per_epoch
+        if total < TOO_SHORT_STEPS:
+            self.notes.append(f"warning: only {total} training steps ({cfg.epochs} epochs of {self.steps_per_epoch}); "
+                              f"certified training rarely gives a useful model in fewer than {TOO_SHORT_STEPS} "
+                              "(raise --epochs; `boundc demo` takes about 900)")
         self.objective = Objective(self.model, cfg, self.data.clip, self.data.train.x[:2])
         self.wrapped: nn.Module = self.objective
         if _world() > 1:
@@ -252,7 +282,7 @@ class Trainer:
             while st.epoch < cfg.epochs:
                 order = self._order(st.epoch)
                 bar = tqdm(total=self.steps_per_epoch, initial=st.batch_in_epoch, desc=f"epoch {st.epoch + 1}/"
-                           f"{cfg.epochs}", disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+                           f"{cfg.epochs}", disable=None if (cfg.progress and self.is_main) else True, dynamic_ncols=True)
                 sums = {"loss": 0.0, "clean": 0.0, "verified": 0.0}
                 seen = 0
                 t0 = time.perf_counter()
@@ -283,7 +313,7 @@ class Trainer:
                     dyn = losses.DynamicAlpha(alpha=st.alpha, every=cfg.mixtrain_every)
                     st.alpha = dyn.update(st.epoch, record["test_clean"])
                 st.history.append(record)
-                if self.is_main and cfg.progress:
+                if self.is_main:   # also with progress=False: one line per epoch, never carriage returns
                     print(f"epoch {st.epoch}: loss {record['train_loss']:.4f}  test clean {record['test_clean']:.4f}"
                           f"  test verified(ibp, eps={cfg.eps}) {record['test_verified']:.4f}", flush=True)
                 self.checkpoint()
@@ -296,7 +326,8 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train.json").write_text(json.dumps(summary, indent=2))
-            plot_history(st.history, self.out / "curves.png", title=f"{cfg.model} {cfg.method} eps={cfg.eps}")
+            plot_history(st.history, self.out / "curves.png", title=f"{cfg.model} {cfg.method} eps={cfg.eps}",
+                         eps_final=self.schedule.eps_train)
         return summary
 
     def _epoch_eval(self) -> dict:
@@ -313,8 +344,30 @@ class Trainer:
                 "train_seconds": self.state.train_seconds, "history": self.state.history}
 
 
-def plot_history(history: list[dict], path: str | Path, title: str = "") -> None:
-    """PNG of the per-epoch curves: train loss, test clean and verified accuracy."""
+def train_verified_series(history: list[dict], eps_final: float | None) -> dict[str, tuple[list, list]]:
+    """The train verified accuracy split at the end of the ε ramp: ``{label: (epochs, values)}``.
+
+    During warm-up and ramp-up the training batches are verified at a smaller ε than ``eps_final``, so those
+    values are not comparable with the rest (a tiny ε verifies almost everything); they get their own label."""
+    ramp, full = ([], []), ([], [])
+    for h in history:
+        eps = h.get("eps_train")
+        done = eps_final is None or (eps is not None and eps >= eps_final * (1 - 1e-9))
+        target = full if done else ramp
+        target[0].append(h["epoch"])
+        target[1].append(h["train_verified"])
+    out = {}
+    if ramp[0]:
+        out["train verified acc (during the eps ramp: at a smaller eps)"] = ramp
+    if full[0]:
+        out[f"train verified acc (at eps_train = {eps_final:g})" if eps_final is not None
+            else "train verified acc (at eps_train)"] = full
+    return out
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "", eps_final: float | None = None) -> None:
+    """PNG of the per-epoch curves: train loss, test clean and verified accuracy (see :func:`train_verified_series`
+    for the train verified curve)."""
     if not history:
         return
     import matplotlib
@@ -329,7 +382,8 @@ def plot_history(history: list[dict], path: str | Path, title: str = "") -> None
     a1.set_ylabel("train loss")
     a2.plot(ep, [h["test_clean"] for h in history], marker="o", label="test clean acc")
     a2.plot(ep, [h["test_verified"] for h in history], marker="s", label="test verified acc (IBP)")
-    a2.plot(ep, [h["train_verified"] for h in history], ls="--", label="train verified acc (at eps_train)")
+    for label, (e, v) in train_verified_series(history, eps_final).items():
+        a2.plot(e, v, ls=":" if "ramp" in label else "--", label=label)
     a2.set_xlabel("epoch")
     a2.set_ylim(0, 1)
     a2.legend()
