@@ -48,6 +48,20 @@ class BoundModule(nn.Module):
         return self.spec_net(x_lower, x_upper, C, **kwargs)
 
     @property
+    def needs_clean_input(self) -> bool:
+        """Whether the generated networks take the clean input ``x_clean`` (batch-norm statistics in training)."""
+        return self._needs_clean
+
+    def bound_network(self, spec: bool = False) -> fx.GraphModule:
+        """The generated GraphModule: bounds on the outputs (``spec=False``) or on ``C @ outputs`` (``spec=True``).
+
+        Its signature is ``(x_lower, x_upper[, C], x_clean=None)``; it skips the input
+        validation of :meth:`forward`.  For tools that trace or interpret the generated
+        code (ONNX export, per-node reports); everyone else calls the module itself.
+        """
+        return self.spec_net if spec else self.logits_net
+
+    @property
     def code(self) -> str:
         """The generated Python of both bound networks (logits and spec)."""
         return (f"# boundc bound network, method={self.method!r}\n"

@@ -14,3 +14,7 @@ class UnsupportedOpError(BoundcError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"boundc cannot compile this model: {len(problems)} unsupported {what}(s):\n{lines}")
+
+
+class BoundcInternalError(RuntimeError):
+    """A bug in boundc: an internal invariant failed.  Not a user error, so never caught as :class:`BoundcError`."""

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.fx as fx
 from torch import Tensor
 
 from boundc.passes.rules.interval import Interval
+
+if TYPE_CHECKING:
+    from boundc.bound_module import BoundModule
 
 
 class _Recorder(fx.Interpreter):
@@ -23,12 +29,12 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def node_bounds(bm, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
+def node_bounds(bm: BoundModule, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
     """Concrete bounds of every IR node the method bounded (intermediate and output), keyed by IR node name."""
-    rec = _Recorder(bm.logits_net)
-    kwargs = {"x_clean": (x_lower + x_upper) / 2} if bm._needs_clean else {}
+    rec = _Recorder(bm.bound_network())
+    x_clean = (x_lower + x_upper) / 2 if bm.needs_clean_input else None
     with torch.no_grad():
-        lower, upper = rec.run(x_lower, x_upper, None, kwargs.get("x_clean"))
+        lower, upper = rec.run(x_lower, x_upper, None, x_clean)
     names = set(bm.graph.nodes)
     out: dict[str, Interval] = {}
     for k, v in rec.seen.items():
@@ -62,14 +68,14 @@ def meet(*bounds: dict[str, Interval]) -> dict[str, Interval]:
     return out
 
 
-def intersect_node_bounds(bound_modules, x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
+def intersect_node_bounds(bound_modules: Sequence[BoundModule], x_lower: Tensor, x_upper: Tensor) -> dict[str, Interval]:
     """Per-node bounds: IBP over the IR met with every given method's recorded bounds (all sound)."""
     g = bound_modules[0].graph
     return meet(interval_node_bounds(g, x_lower, x_upper), *(node_bounds(bm, x_lower, x_upper)
                                                              for bm in bound_modules))
 
 
-def report(bm, x_lower: Tensor, x_upper: Tensor) -> str:
+def report(bm: BoundModule, x_lower: Tensor, x_upper: Tensor) -> str:
     """A table: node, op, mean / max bound width, unstable ReLU inputs (l < 0 < u) per node and in total."""
     bounds = node_bounds(bm, x_lower, x_upper)
     g = bm.graph

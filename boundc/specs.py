@@ -41,6 +41,21 @@ def linf_box(x: Tensor, eps: float | Tensor, clip: tuple[float, float] | None = 
     return lower, upper
 
 
+def other_classes(num_classes: int, device: torch.device | str | None = None) -> Tensor:
+    """Index table (K, K-1): row ``i`` lists the classes ``j != i`` in increasing order."""
+    ar = torch.arange(num_classes, device=device)
+    return ar[1:].expand(num_classes, -1) - (ar[1:].unsqueeze(0) <= ar.unsqueeze(1)).long()
+
+
+def margin_rows(labels: Tensor, eye: Tensor, others: Tensor) -> Tensor:
+    """Rows ``e_label - e_j`` (B, K-1, K) from an identity ``eye`` (K, K) and ``others = other_classes(K)``.
+
+    Only gathers (no data-dependent shapes), so it also traces into ONNX; :func:`margin_spec`
+    is the validated entry point.
+    """
+    return eye[labels].unsqueeze(1) - eye[others[labels]]
+
+
 def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
     """Margin specification ``C`` of shape (B, K-1, K): rows ``e_true - e_j`` for ``j != true``.
 
@@ -55,10 +70,8 @@ def margin_spec(labels: Tensor, num_classes: int) -> Tensor:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise BoundcError(f"labels must lie in [0, {num_classes}), got values in "
                           f"[{int(labels.min())}, {int(labels.max())}]")
-    eye = torch.eye(num_classes, device=labels.device)
-    C = eye[labels].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_true - e_j
-    keep = labels.unsqueeze(1) != torch.arange(num_classes, device=labels.device).unsqueeze(0)
-    return C[keep].view(labels.shape[0], num_classes - 1, num_classes)
+    return margin_rows(labels.long(), torch.eye(num_classes, device=labels.device),
+                       other_classes(num_classes, labels.device))
 
 
 def check_box(lower: Tensor, upper: Tensor, input_shape: tuple[int, ...]) -> None:

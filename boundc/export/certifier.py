@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from boundc.bound_module import BoundModule
 from boundc.errors import BoundcError
+from boundc.specs import margin_rows, other_classes
 
 SPECS = (None, "C", "margin")
 
@@ -35,25 +37,23 @@ SPECS = (None, "C", "margin")
 class Certifier(nn.Module):
     """The bound network with a fixed calling convention for export."""
 
-    def __init__(self, bm: nn.Module, spec: str | None = None, identity_spec: bool = False) -> None:
+    def __init__(self, bm: BoundModule, spec: str | None = None, identity_spec: bool = False) -> None:
         super().__init__()
         if spec not in SPECS:
             raise BoundcError(f"spec must be one of {SPECS}, got {spec!r}")
         self.spec = spec
         self.identity_spec = identity_spec and spec is None
-        self.net = bm.logits_net if spec is None and not self.identity_spec else bm.spec_net
-        self.needs_clean = bool(getattr(bm, "_needs_clean", False))
+        self.net = bm.bound_network(spec=spec is not None or self.identity_spec)
+        self.needs_clean = bm.needs_clean_input
         k = int(torch.tensor(bm.output_shape).prod()) if bm.output_shape else 1
         self.num_classes = k
         if spec == "margin":
-            others = torch.tensor([[j for j in range(k) if j != i] for i in range(k)], dtype=torch.long)
-            self.register_buffer("others", others, persistent=False)
+            self.register_buffer("others", other_classes(k), persistent=False)
             self.register_buffer("eye", torch.eye(k), persistent=False)
 
     def spec_matrix(self, labels: Tensor) -> Tensor:
         """Margin spec (B, K-1, K): rows ``e_label - e_j`` for ``j != label``."""
-        eye = self.eye.to(torch.float32)
-        return eye[labels].unsqueeze(1) - eye[self.others[labels]]
+        return margin_rows(labels, self.eye.to(torch.float32), self.others)
 
     def forward(self, x_lower: Tensor, x_upper: Tensor, extra: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(lower, upper)`` for the box (and spec)."""
@@ -115,7 +115,7 @@ def _traceable() -> Iterator[None]:
         backward._CONV_INPUT.update(saved_conv)
 
 
-def export_onnx(bm: nn.Module, path: str | os.PathLike | io.BytesIO, spec: str | None = None,
+def export_onnx(bm: BoundModule, path: str | os.PathLike | io.BytesIO, spec: str | None = None,
                 opset: int = 17) -> None:
     """Write the ONNX certifier of ``bm`` (see the module docstring) to ``path``."""
     try:
@@ -126,7 +126,7 @@ def export_onnx(bm: nn.Module, path: str | os.PathLike | io.BytesIO, spec: str |
         _export(Certifier(bm, spec, identity_spec=True).eval(), bm, path, spec, opset)
 
 
-def _export(cert: Certifier, bm: nn.Module, path: str | os.PathLike | io.BytesIO, spec: str | None,
+def _export(cert: Certifier, bm: BoundModule, path: str | os.PathLike | io.BytesIO, spec: str | None,
             opset: int) -> None:
     """Trace ``cert`` with the TorchScript exporter."""
     shape = tuple(bm.input_shape)

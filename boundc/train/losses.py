@@ -33,7 +33,7 @@ class BoundCache:
     def __init__(self, model: nn.Module, example: Tensor) -> None:
         self.model = model
         self.example = example[:2].detach()
-        self._nets: dict[tuple[str, CompileOptions | None], boundc.BoundModule] = {}
+        self._nets: dict[tuple[str, CompileOptions | None], boundc.BoundModule] = {}  # (method, options) -> net
 
     def get(self, method: str, options: CompileOptions | None = None) -> boundc.BoundModule:
         """The bound network of ``method`` compiled with ``options`` (compiled on first use)."""
@@ -43,6 +43,17 @@ class BoundCache:
                 raise BoundcError(f"bound method {method!r} is not available; have {', '.join(boundc.methods())}")
             was_training = self.model.training
             self._nets[key] = boundc.compile(self.model, self.example, method=method, options=options)
+            self.model.train(was_training)
+        return self._nets[key]
+
+    def prefix(self, end: int) -> boundc.BoundModule:
+        """The IBP bound network of ``model[:end]`` (an ``nn.Sequential`` prefix; compiled on first use)."""
+        key = (f"__prefix{end}", None)
+        if key not in self._nets:
+            if not isinstance(self.model, nn.Sequential):
+                raise BoundcError("bound networks of model prefixes need an nn.Sequential model")
+            was_training = self.model.training
+            self._nets[key] = boundc.compile(self.model[:end], self.example, method="ibp")
             self.model.train(was_training)
         return self._nets[key]
 
@@ -203,11 +214,7 @@ def tightness_regularizers(model: nn.Module, cache: BoundCache, x: Tensor, y: Te
     h = x_star
     prev = 0
     for i in relus:
-        prefix = model[:i]
-        key = f"__prefix{i}"
-        if key not in cache._nets:
-            cache._nets[key] = boundc.compile(prefix, cache.example, method="ibp")
-        lo, up = cache._nets[key](xl, xu, x=x)
+        lo, up = cache.prefix(i)(xl, xu, x=x)
         h = model[prev:i](h)
         prev = i
         unstable = (lo < 0) & (up > 0)

@@ -30,7 +30,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,12 +41,11 @@ from boundc.ir import Graph, Node
 from boundc.passes.graph.analysis import evaluate
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.registry import get_rule
+from boundc.verify.cascade import Verdict
 
 #: Ops that are affine in their perturbed inputs (their constants are fixed).
 AFFINE_OPS = frozenset({"linear", "conv", "scale_shift", "add", "sub", "mul", "reshape", "permute", "identity",
                         "avg_pool2d", "adaptive_avg_pool2d", "pad", "concat"})
-
-Status = Literal["verified", "falsified", "unknown"]
 
 #: Relative widening of the given node bounds before they become big-M constants.
 BOUND_SLACK = 1e-6
@@ -76,7 +75,7 @@ class MilpOptions:
 class RowResult:
     """Outcome for one specification row of one sample."""
 
-    status: Status
+    status: Verdict
     seconds: float
     binaries: int
     counterexample: Tensor | None = None
@@ -268,7 +267,7 @@ class MilpVerifier:
                           options={"time_limit": limit, "disp": self.options.disp})
         seconds = time.perf_counter() - t0
         if res.status == 2:  # infeasible: no input of the box reaches A·y ≤ b + τ
-            return RowResult("verified", seconds, n_bin)
+            return RowResult(Verdict.VERIFIED, seconds, n_bin)
         minimum = float(res.fun) if res.status == 0 else None
         if res.x is not None:
             x = torch.from_numpy(res.x[xs]).to(x_lower.dtype).reshape(x_lower.shape)
@@ -276,12 +275,12 @@ class MilpVerifier:
             with torch.no_grad():
                 y = evaluate(g, x.to(g.float_dtype(x.dtype)))[g.output.name].reshape(-1).double()
             if bool((torch.from_numpy(A_np) @ y <= torch.from_numpy(b_np)).all()):
-                return RowResult("falsified", seconds, n_bin, x, minimum, x)
-            return RowResult("unknown", seconds, n_bin, None, minimum, x)
-        return RowResult("unknown", seconds, n_bin)
+                return RowResult(Verdict.FALSIFIED, seconds, n_bin, x, minimum, x)
+            return RowResult(Verdict.UNKNOWN, seconds, n_bin, None, minimum, x)
+        return RowResult(Verdict.UNKNOWN, seconds, n_bin)
 
     def verify_spec(self, x_lower: Tensor, x_upper: Tensor, C: Tensor, bounds: dict[str, Interval],
-                    known_lower: Tensor | None = None) -> tuple[Status, list[RowResult]]:
+                    known_lower: Tensor | None = None) -> tuple[Verdict, list[RowResult]]:
         """Decide every row of ``C`` (S, K) for one sample: verified if all rows are.
 
         Rows whose ``known_lower`` bound is already > 0 are skipped; the others are
@@ -294,10 +293,10 @@ class MilpVerifier:
                 continue
             res = self.verify_row(x_lower, x_upper, C[r], bounds)
             results.append(res)
-            if res.status == "falsified":
-                return "falsified", results
-        status: Status = "verified" if all(r.status == "verified" for r in results) else "unknown"
-        return status, results
+            if res.status is Verdict.FALSIFIED:
+                return Verdict.FALSIFIED, results
+        verified = all(r.status is Verdict.VERIFIED for r in results)
+        return (Verdict.VERIFIED if verified else Verdict.UNKNOWN), results
 
 
 def _rows(m: int, ncol: int, terms: list[tuple[np.ndarray, np.ndarray | float]]):

@@ -5,8 +5,9 @@ For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
 1. an attack (PGD with restarts, inside the box) looks for an input whose
    output satisfies one of the unsafe disjuncts ``C·y <= d``; a candidate is
    *confirmed* in onnxruntime before ``sat`` is answered;
-2. the bound network (``method``, evaluated in float64) bounds ``C·y`` over the
-   box; a disjunct is excluded when some row's lower bound exceeds ``d``;
+2. the bound network (``method``, evaluated in ``precision``: float64 by default)
+   bounds ``C·y`` over the box; a disjunct is excluded when some row's lower
+   bound exceeds ``d``;
 3. boxes that are not settled are bisected (input splitting, for low-dimensional
    inputs such as ACAS Xu), in batches, until every disjunct of every sub-box is
    excluded (``unsat``), a sub-box centre is a confirmed counterexample
@@ -14,13 +15,19 @@ For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
 4. with ``complete``, a box too large to split is handed to the exact MILP of
    :mod:`boundc.verify.milp` (one problem per open disjunct, within the remaining time);
    its counterexamples are confirmed in onnxruntime like the attack's.
+
+Steps 1 and 2-4 are the two stages of a :mod:`boundc.verify.cascade` over the
+property's input boxes.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
@@ -30,9 +37,26 @@ import boundc
 from boundc.errors import BoundcError
 from boundc.frontends.vnnlib import Spec, read_vnnlib
 from boundc.passes.graph.analysis import evaluate
+from boundc.verify.attacks import pgd
+from boundc.verify.cascade import Stage, Verdict, run_cascade
 
 #: Bound methods in order of preference when the requested one is missing.
 FALLBACK = "ibp"
+
+
+class Precision(str, Enum):
+    """The dtype the bound network runs in.  float32 bounds get a safety margin (and are looser)."""
+
+    FLOAT64 = "float64"
+    FLOAT32 = "float32"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype."""
+        return torch.float64 if self is Precision.FLOAT64 else torch.float32
 
 
 @dataclass
@@ -48,6 +72,8 @@ class VerifyOptions:
         max_boxes: queue limit (memory bound); beyond it the answer is ``unknown``.
         seed: RNG seed of the attack.
         complete: decide boxes that cannot be split with the MILP (ReLU networks).
+        precision: ``float64`` (default) or ``float32`` (a string is accepted); the
+            result reports it.
     """
 
     method: str = "ibp"
@@ -59,22 +85,40 @@ class VerifyOptions:
     max_boxes: int = 200_000
     seed: int = 0
     complete: bool = False
+    precision: Precision = Precision.FLOAT64
+
+    def __post_init__(self) -> None:
+        try:
+            self.precision = Precision(self.precision)
+        except ValueError:
+            raise BoundcError(f"precision must be one of {[p.value for p in Precision]}, "
+                              f"got {self.precision!r}") from None
 
 
 @dataclass
 class VerifyResult:
-    """Outcome of one property: ``status`` in ``unsat``/``sat``/``unknown``."""
+    """Outcome of one property.
 
-    status: str
+    ``verdict`` is a :class:`~boundc.verify.cascade.Verdict`; ``status`` is its
+    VNN-COMP word (``unsat`` = verified, ``sat`` = counterexample, ``unknown``).
+    """
+
+    verdict: Verdict
     time: float
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
     detail: str = ""
     boxes: int = 0
     method: str = ""
+    precision: Precision = Precision.FLOAT64
+
+    @property
+    def status(self) -> str:
+        """``unsat``, ``sat`` or ``unknown``."""
+        return self.verdict.vnncomp
 
     def vnncomp(self) -> str:
         """The VNN-COMP result text (``sat`` lists ``((X_0 v) ... (Y_0 v) ...)``)."""
-        if self.status != "sat" or self.counterexample is None:
+        if self.verdict is not Verdict.FALSIFIED or self.counterexample is None:
             return self.status + "\n"
         x, y = self.counterexample
         items = [f"(X_{i} {float(v)!r})" for i, v in enumerate(x.reshape(-1))]
@@ -87,8 +131,6 @@ def resolve_method(method: str) -> str:
     available = boundc.methods()
     if method in available:
         return method
-    import sys
-
     print(f"boundc: method {method!r} is not available (have {', '.join(available)}); using {FALLBACK!r}",
           file=sys.stderr)
     return FALLBACK
@@ -96,23 +138,27 @@ def resolve_method(method: str) -> str:
 
 @dataclass
 class VerifierModel:
-    """An ONNX model compiled once for verification: bound net, concrete graph, onnxruntime session."""
+    """An ONNX model compiled once for verification: bound net, concrete graph, onnxruntime session.
+
+    ``precision`` (a :class:`Precision` or its name) is the dtype the bound network runs in.
+    """
 
     path: str
     method: str
-    bm: torch.nn.Module = field(init=False)
-    dtype: torch.dtype = field(init=False)
+    precision: Precision = Precision.FLOAT64
+    bm: boundc.BoundModule = field(init=False)
 
     def __post_init__(self) -> None:
         import onnxruntime as ort
 
+        self.precision = VerifyOptions(precision=self.precision).precision
         self.method = resolve_method(self.method)
         self.bm = boundc.compile(self.path, method=self.method).eval()
         self.graph = self.bm.graph
         self.input_shape = tuple(self.bm.input_shape)
         self.num_inputs = int(np.prod(self.input_shape))
         self.num_outputs = int(np.prod(self.bm.output_shape)) if self.bm.output_shape else 1
-        self.bm64 = _to_double(self.bm)
+        self.bound_net = self.bm if self.precision is Precision.FLOAT32 else copy.deepcopy(self.bm).double()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -134,15 +180,17 @@ class VerifierModel:
         return evaluate(self.graph, xs)[self.graph.outputs[0]].reshape(x.shape[0], -1)
 
     def bounds(self, lo: Tensor, hi: Tensor, C: Tensor) -> Tensor:
-        """Lower bounds (B, S) on ``C·f(x)`` over the boxes ``[lo, hi]`` (B, n)."""
+        """Lower bounds (B, S), float64, on ``C·f(x)`` over the boxes ``[lo, hi]`` (B, n, float64)."""
         shape = (-1, *self.input_shape)
-        Cb = C.unsqueeze(0).expand(lo.shape[0], -1, -1)
+        dtype = self.precision.dtype
+        if dtype == torch.float32:
+            lo, hi = _f32_outside(lo, hi)
+        Cb = C.to(dtype).unsqueeze(0).expand(lo.shape[0], -1, -1)
         with torch.no_grad():
-            if self.bm64 is not None:
-                return self.bm64.spec_net(lo.reshape(shape), hi.reshape(shape), Cb)[0]
-            f = torch.get_default_dtype()
-            low = self.bm.spec_net(lo.to(f).reshape(shape), hi.to(f).reshape(shape), Cb.to(f))[0].double()
-            return low - 1e-5 * (1 + low.abs())  # float32 bounds: keep a safety margin
+            low = self.bound_net(lo.to(dtype).reshape(shape), hi.to(dtype).reshape(shape), Cb)[0].double()
+        if dtype == torch.float32:
+            low = low - 1e-5 * (1 + low.abs())  # float32 bounds: keep a safety margin
+        return low
 
     def ort(self, x: np.ndarray) -> np.ndarray:
         """onnxruntime's output for one flat input."""
@@ -151,27 +199,20 @@ class VerifierModel:
         return np.asarray(y, dtype=np.float64).reshape(-1)
 
 
-def _to_double(bm: torch.nn.Module) -> torch.nn.Module | None:
-    """A float64 copy of the bound network, or None when the method does not run in float64."""
-    import copy
-
-    try:
-        bm64 = copy.deepcopy(bm).double()
-        x = torch.zeros(1, *bm.input_shape, dtype=torch.float64)
-        k = int(np.prod(bm.output_shape)) if bm.output_shape else 1
-        with torch.no_grad():
-            bm64.spec_net(x, x + 1e-3, torch.zeros(1, 1, k, dtype=torch.float64))
-        return bm64
-    except Exception:  # noqa: BLE001 - fall back to float32 with a margin
-        return None
-
-
 def _f32_inside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """float32 boxes contained in the float64 box ``[lo, hi]`` (rounded inwards)."""
     lo32, hi32 = lo.float(), hi.float()
     lo32 = torch.where(lo32.double() < lo, torch.nextafter(lo32, torch.full_like(lo32, float("inf"))), lo32)
     hi32 = torch.where(hi32.double() > hi, torch.nextafter(hi32, torch.full_like(hi32, float("-inf"))), hi32)
     return lo32, torch.maximum(hi32, lo32)
+
+
+def _f32_outside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 boxes containing the float64 box ``[lo, hi]`` (rounded outwards, so bounds stay sound)."""
+    lo32, hi32 = lo.float(), hi.float()
+    lo32 = torch.where(lo32.double() > lo, torch.nextafter(lo32, torch.full_like(lo32, float("-inf"))), lo32)
+    hi32 = torch.where(hi32.double() < hi, torch.nextafter(hi32, torch.full_like(hi32, float("inf"))), hi32)
+    return lo32, hi32
 
 
 def _pad_disjuncts(disjuncts: list[tuple[Tensor, Tensor]], k: int) -> tuple[Tensor, Tensor]:
@@ -229,27 +270,13 @@ class _Search:
         return None
 
     def attack(self, lo: Tensor, hi: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-        """PGD with restarts on one box (flat float64 bounds), all disjuncts at once."""
-        lo32, hi32 = _f32_inside(lo, hi)
-        D, R = self.Cs.shape[0], self.opts.restarts
-        width = (hi32 - lo32)
-        u = torch.rand(R, D, lo.numel(), generator=self.gen)
-        u[0] = 0.5
-        x = (lo32 + width * u).reshape(R * D, -1)
-        eye = torch.eye(D).repeat(R, 1)
-        best = self.check_points(x)
-        if best is not None:
-            return best
-        for step in range(self.opts.steps):
-            if time.monotonic() > self.deadline:
-                break
-            x.requires_grad_(True)
-            v = self.violation(self.m.forward(x))
-            (grad,) = torch.autograd.grad((v * eye).sum(), x)
-            lr = 0.25 * (1 - step / self.opts.steps) + 0.01
-            with torch.no_grad():
-                x = torch.minimum(torch.maximum(x - lr * width * grad.sign(), lo32), hi32)
-        return self.check_points(x.detach())
+        """PGD with restarts (:func:`~boundc.verify.attacks.pgd`) on one box (flat float64 bounds),
+        one objective column per disjunct; the best points are confirmed in onnxruntime."""
+        lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
+        steps = self.opts.steps
+        res = pgd(lambda x: self.violation(self.m.forward(x)), lo32, hi32, steps=steps, restarts=self.opts.restarts,
+                  step_size=lambda t: 0.25 * (1 - t / steps) + 0.01, generator=self.gen, deadline=self.deadline)
+        return self.check_points(res.x[0])
 
     # -- proof --------------------------------------------------------------------------
     def open_disjuncts(self, lo: Tensor, hi: Tensor) -> Tensor:
@@ -278,7 +305,7 @@ class _Search:
         lo_right.scatter_(1, dim[:, None], mid)
         return torch.cat([lo, lo_right]), torch.cat([hi_left, hi])
 
-    def complete(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[str, tuple | None, str]:
+    def complete(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[Verdict, tuple | None, str]:
         """Decide the open disjuncts of one box with the MILP (see :mod:`boundc.verify.milp`)."""
         from boundc.report import intersect_node_bounds
         from boundc.verify.milp import MilpVerifier
@@ -286,37 +313,38 @@ class _Search:
         try:
             verifier = self.m.milp or MilpVerifier(self.m.graph)
         except BoundcError as err:
-            return "unknown", None, f"no MILP: {err}"
+            return Verdict.UNKNOWN, None, f"no MILP: {err}"
         self.m.milp = verifier
         shape = (1, *self.m.input_shape)
         xl, xu = lo.reshape(shape), hi.reshape(shape)
-        bm, dtype = (self.m.bm64, torch.float64) if self.m.bm64 is not None else (self.m.bm, torch.float32)
+        xl_b, xu_b = (xl, xu) if self.m.precision is Precision.FLOAT64 else _f32_outside(xl, xu)
+        dtype = self.m.precision.dtype
         with torch.no_grad():
-            bounds = intersect_node_bounds([bm], xl.to(dtype), xu.to(dtype))
+            bounds = intersect_node_bounds([self.m.bound_net], xl_b.to(dtype), xu_b.to(dtype))
         for d in torch.nonzero(open_).flatten().tolist():
             C, dv = self.spec.disjuncts[d]
             left = self.deadline - time.monotonic()
             if left <= 0:
-                return "unknown", None, "timeout in the MILP"
+                return Verdict.UNKNOWN, None, "timeout in the MILP"
             res = verifier.exclude(xl, xu, C, dv, bounds, time_limit=left)
-            if res.status == "falsified":
+            if res.status is Verdict.FALSIFIED:
                 lo32, hi32 = _f32_inside(lo, hi)
                 found = self.confirm(torch.minimum(torch.maximum(res.counterexample.reshape(-1).float(), lo32), hi32))
                 if found is not None:
-                    return "sat", found, "MILP counterexample"
-            if res.status != "verified":
-                why = "counterexample not confirmed" if res.status == "falsified" else "undecided"
-                return "unknown", None, f"MILP {why} ({res.binaries} unstable ReLUs, {res.seconds:.1f} s)"
-        return "unsat", None, "MILP"
+                    return Verdict.FALSIFIED, found, "MILP counterexample"
+            if res.status is not Verdict.VERIFIED:
+                why = "counterexample not confirmed" if res.status is Verdict.FALSIFIED else "undecided"
+                return Verdict.UNKNOWN, None, f"MILP {why} ({res.binaries} unstable ReLUs, {res.seconds:.1f} s)"
+        return Verdict.VERIFIED, None, "MILP"
 
-    def run(self) -> tuple[str, tuple | None, str]:
-        """``(status, counterexample, detail)`` for this box."""
+    def run(self) -> tuple[Verdict, tuple | None, str]:
+        """``(verdict, counterexample, detail)`` for this box: bounds, splitting, then the MILP."""
         lo, hi = self.spec.lower[None], self.spec.upper[None]
         can_split = lo.shape[1] <= self.opts.max_split_dim
         queue_lo, queue_hi = lo, hi
         while queue_lo.shape[0]:
             if time.monotonic() > self.deadline:
-                return "unknown", None, f"timeout with {queue_lo.shape[0]} open boxes"
+                return Verdict.UNKNOWN, None, f"timeout with {queue_lo.shape[0]} open boxes"
             b = self.opts.batch
             blo, bhi, queue_lo, queue_hi = queue_lo[:b], queue_hi[:b], queue_lo[b:], queue_hi[b:]
             self.boxes += blo.shape[0]
@@ -328,42 +356,68 @@ class _Search:
             lo32, hi32 = _f32_inside(blo, bhi)
             found = self.check_points((lo32 + hi32) / 2)
             if found is not None:
-                return "sat", found, "sub-box centre"
+                return Verdict.FALSIFIED, found, "sub-box centre"
             if not can_split:
                 if self.opts.complete:
                     return self.complete(blo[0], bhi[0], open_[0])
-                return "unknown", None, "bounds too loose (input too large to split)"
+                return Verdict.UNKNOWN, None, "bounds too loose (input too large to split)"
             if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
-                return "unknown", None, f"more than {self.opts.max_boxes} open boxes"
+                return Verdict.UNKNOWN, None, f"more than {self.opts.max_boxes} open boxes"
             nlo, nhi = self.split(blo, bhi, open_)
             queue_lo, queue_hi = torch.cat([nlo, queue_lo]), torch.cat([nhi, queue_hi])  # depth first
-        return "unsat", None, ""
+        return Verdict.VERIFIED, None, ""
 
 
 def verify(model: VerifierModel | str | os.PathLike, prop: str | os.PathLike,
            opts: VerifyOptions | None = None) -> VerifyResult:
-    """Decide one VNN-LIB property on an ONNX model (see the module docstring)."""
+    """Decide one VNN-LIB property on an ONNX model (see the module docstring).
+
+    A cascade over the property's input boxes: first the attack on every box (cheap),
+    then bounds, splitting and the MILP box by box; any counterexample settles the
+    property (``sat``), the first undecided box makes it ``unknown``.
+    """
     opts = opts or VerifyOptions()
     t0 = time.monotonic()
     if not isinstance(model, VerifierModel):
-        model = VerifierModel(os.fspath(model), opts.method)
+        model = VerifierModel(os.fspath(model), opts.method, opts.precision)
     n_in, n_out, specs = read_vnnlib(prop)
     model.check_property(n_in, n_out, os.fspath(prop))
     deadline = t0 + opts.timeout
     gen = torch.Generator().manual_seed(opts.seed)
-    boxes, status, detail = 0, "unsat", ""
-    # attack every box first (cheap), then prove them one by one
     searches = [_Search(model, s, opts, deadline, gen) for s in specs]
-    for s in searches:
-        found = s.attack(s.spec.lower, s.spec.upper)
-        if found is not None:
-            return VerifyResult("sat", time.monotonic() - t0, found, "attack", 0, model.method)
-    for s in searches:
-        st, found, why = s.run()
-        boxes += s.boxes
-        if st == "sat":
-            return VerifyResult("sat", time.monotonic() - t0, found, why, boxes, model.method)
-        if st == "unknown":
-            status, detail = "unknown", why
-            break
-    return VerifyResult(status, time.monotonic() - t0, None, detail, boxes, model.method)
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    why: dict[int, str] = {}
+
+    def attack(open_: Tensor) -> list[int]:
+        codes = []
+        for i in open_.tolist():
+            s = searches[i]
+            cex = s.attack(s.spec.lower, s.spec.upper) if time.monotonic() <= deadline else None
+            if cex is not None:
+                found[i], why[i] = cex, "attack"
+            codes.append((Verdict.FALSIFIED if cex is not None else Verdict.UNKNOWN).code)
+        return codes
+
+    def search(open_: Tensor) -> list[int]:
+        codes = [Verdict.UNKNOWN.code] * len(open_)
+        for k, i in enumerate(open_.tolist()):
+            verdict, cex, why[i] = searches[i].run()
+            codes[k] = verdict.code
+            if cex is not None:
+                found[i] = cex
+            if verdict is not Verdict.VERIFIED:  # sat settles the property; unknown leaves it open
+                break
+        return codes
+
+    res = run_cascade(len(searches), [Stage("attack", attack), Stage("search", search)], stop_on_falsified=True)
+    boxes = sum(s.boxes for s in searches)
+    elapsed = time.monotonic() - t0
+    falsified = [i for i in range(len(searches)) if res.verdict(i) is Verdict.FALSIFIED]
+    if falsified:
+        i = falsified[0]
+        return VerifyResult(Verdict.FALSIFIED, elapsed, found[i], why[i], boxes, model.method, model.precision)
+    if res.count(Verdict.VERIFIED) == len(searches):
+        return VerifyResult(Verdict.VERIFIED, elapsed, None, "", boxes, model.method, model.precision)
+    undecided = [why[i] for i in range(len(searches)) if i in why and res.verdict(i) is Verdict.UNKNOWN]
+    detail = undecided[0] if undecided else (res.stopped or "timeout")
+    return VerifyResult(Verdict.UNKNOWN, elapsed, None, detail, boxes, model.method, model.precision)
