@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from boundc.errors import BoundcError
 from boundc.options import CompileOptions, LinearOptions
 from boundc.train.losses import BoundCache, margin_lower_bounds
 from boundc.verify.attacks import pgd_linf
+from boundc.verify.cascade import Stage, Verdict, run_cascade, verdicts
 from boundc.verify.milp import MilpOptions
 
 #: How the ``refine`` methods are compiled: intermediate bounds intersected with IBP,
@@ -143,9 +146,7 @@ def pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, clip: tuple
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: BoundCache | None = None,
              num_classes: int | None = None) -> EvalResult:
     """Clean accuracy on all of ``x``, PGD on the first ``pgd_limit``, verified accuracy per method
-    on the first ``verify_limit`` (methods not available in this build are reported as skipped)."""
-    import boundc
-
+    on the first ``verify_limit`` (methods that are unknown or cannot bound this model are reported as skipped)."""
     was = model.training
     model.eval()
     cache = cache or BoundCache(model, x[:2])
@@ -166,15 +167,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: Bou
     res.n_verified = n
     best: Tensor | None = None
     for method in cfg.methods:
-        if method not in boundc.methods():
-            res.skipped[method] = "not available in this build"
-            continue
         t = time.perf_counter()
         try:
             low = margin_lowers(cache, method, x[:n], y[:n], cfg.eps, cfg.clip, num_classes, cfg.batch_size,
                                 progress=cfg.progress)
-        except Exception as err:  # a method that cannot handle this model: report, don't crash the table
-            res.skipped[method] = f"{type(err).__name__}: {err}"
+        except BoundcError as err:  # an unknown method, or one that cannot handle this model: report it
+            res.skipped[method] = str(err)
         else:
             res.verified[method] = float((low > 0).all(1).sum()) / max(n, 1)
             best = low if best is None else torch.maximum(best, low)
@@ -188,7 +186,12 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig, cache: Bou
 
 def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Tensor, cfg: EvalConfig,
              res: EvalResult, num_classes: int) -> None:
-    """The ``best bound`` and ``complete MILP`` rows (see the module docstring); fills ``res``."""
+    """The ``best bound`` and ``complete MILP`` rows (see the module docstring); fills ``res``.
+
+    A :func:`~boundc.verify.cascade.run_cascade` over the samples: misclassified ones are
+    falsified by their clean input, then bounds (``best``, then each ``refine`` method on
+    what is left), PGD and the MILP.
+    """
     import boundc
     from boundc.report import intersect_node_bounds
     from boundc.verify.milp import MilpVerifier
@@ -196,43 +199,59 @@ def _cascade(model: nn.Module, cache: BoundCache, x: Tensor, y: Tensor, best: Te
     n = len(y)
     with torch.no_grad():
         correct = torch.cat([model(x[s]).argmax(1) == y[s] for s in _batches(n, cfg.batch_size)])
-    for method in cfg.refine:
-        open_ = torch.nonzero(correct & ~(best > 0).all(1)).flatten()
-        t = time.perf_counter()
-        if len(open_):
+
+    def clean(open_: Tensor) -> Tensor:
+        return verdicts(falsified=~correct[open_])
+
+    def bounds(open_: Tensor) -> Tensor:
+        return verdicts(verified=(best[open_] > 0).all(1))
+
+    def refine(method: str) -> Callable[[Tensor], Tensor]:
+        def decide(open_: Tensor) -> Tensor:
             low = margin_lowers(cache, method, x[open_], y[open_], cfg.eps, cfg.clip, num_classes,
                                 cfg.batch_size, cfg.refine_options, progress=cfg.progress)
             best[open_] = torch.maximum(best[open_], low)
-        res.seconds[f"refine {method}"] = time.perf_counter() - t
-    done = (best > 0).all(1)
-    res.verified["best bound"] = float(done.sum()) / n
-    res.cascade["verified by bounds"] = int(done.sum())
-    if cfg.complete is None:
-        return
-    t = time.perf_counter()
-    open_ = torch.nonzero(correct & ~done).flatten()
-    if len(open_) and cfg.pgd_steps > 0:
-        fooled = pgd_fooled(model, x[open_], y[open_], cfg.eps, cfg.clip, cfg.pgd_steps, cfg.restarts,
-                            cfg.batch_size, cfg.seed + 1, cfg.progress)
-        res.cascade["falsified by PGD"] = int(fooled.sum())
-        open_ = open_[~fooled]
-    counts = {"verified": 0, "falsified": 0, "unknown": 0}
-    if len(open_):
+            return verdicts(verified=(best[open_] > 0).all(1))
+        return decide
+
+    def attack(open_: Tensor) -> Tensor:
+        return verdicts(falsified=pgd_fooled(model, x[open_], y[open_], cfg.eps, cfg.clip, cfg.pgd_steps,
+                                             cfg.restarts, cfg.batch_size, cfg.seed + 1, cfg.progress))
+
+    def milp(open_: Tensor) -> Tensor:
         from tqdm import tqdm
 
         verifier = MilpVerifier(cache.get("ibp").graph, cfg.complete)
         bound_nets = [cache.get(m, cfg.refine_options) for m in cfg.complete.bound_methods]
+        codes = []
         for i in tqdm(open_.tolist(), desc="MILP", disable=None if cfg.progress else True):
             xl, xu = boundc.linf_box(x[i:i + 1], cfg.eps, cfg.clip)
             with torch.no_grad():
-                bounds = intersect_node_bounds(bound_nets, xl, xu)
+                node_bounds = intersect_node_bounds(bound_nets, xl, xu)
             C = boundc.margin_spec(y[i:i + 1], num_classes).to(x.dtype)[0]
-            status, _ = verifier.verify_spec(xl, xu, C, bounds, known_lower=best[i])
-            counts[status] += 1
-    res.cascade.update({"MILP verified": counts["verified"], "MILP falsified": counts["falsified"],
-                        "undecided (time-outs)": counts["unknown"]})
-    res.verified["complete MILP"] = float(done.sum() + counts["verified"]) / n
-    res.seconds["complete MILP"] = time.perf_counter() - t
+            verdict, _ = verifier.verify_spec(xl, xu, C, node_bounds, known_lower=best[i])
+            codes.append(verdict.code)
+        return torch.tensor(codes, dtype=torch.int8)
+
+    stages = [Stage("clean", clean), Stage("bounds", bounds)] + [Stage(f"refine {m}", refine(m)) for m in cfg.refine]
+    if cfg.complete is not None:
+        stages += [Stage("PGD", attack)] if cfg.pgd_steps > 0 else []
+        stages += [Stage("MILP", milp)]
+    out = run_cascade(n, stages)
+    res.seconds.update({k: v for k, v in out.seconds.items() if k.startswith("refine ")})
+    by_bounds = sum(c[Verdict.VERIFIED] for k, c in out.counts.items() if k == "bounds" or k.startswith("refine "))
+    res.verified["best bound"] = float(by_bounds) / n
+    res.cascade["verified by bounds"] = by_bounds
+    if cfg.complete is None:
+        return
+    none = {Verdict.VERIFIED: 0, Verdict.FALSIFIED: 0}
+    if cfg.pgd_steps > 0:
+        res.cascade["falsified by PGD"] = out.counts.get("PGD", none)[Verdict.FALSIFIED]
+    by_milp = out.counts.get("MILP", none)
+    res.cascade.update({"MILP verified": by_milp[Verdict.VERIFIED], "MILP falsified": by_milp[Verdict.FALSIFIED],
+                        "undecided (time-outs)": out.count(Verdict.UNKNOWN)})
+    res.verified["complete MILP"] = float(out.count(Verdict.VERIFIED)) / n
+    res.seconds["complete MILP"] = out.seconds.get("PGD", 0.0) + out.seconds.get("MILP", 0.0)
 
 
 def format_table(res: EvalResult) -> str:
