@@ -8,7 +8,7 @@ from torch import nn
 import boundc
 from boundc.train.losses import BoundCache
 from boundc.train.metrics import EvalConfig, evaluate, format_table
-from boundc.verify.attacks import interval_attack, pgd_box, pgd_linf
+from boundc.verify.attacks import interval_attack, pgd, pgd_box, pgd_linf
 
 
 def _model():
@@ -42,11 +42,28 @@ def test_interval_attack_stays_in_ball():
     assert _inside(adv, x, 0.15)
 
 
-def test_pgd_box_signature_unchanged():
-    model = _model()
-    x = torch.rand(2, 1, 4, 4)
-    out = pgd_box(model, x - 0.1, x + 0.1, steps=2)
-    assert out.shape == (2, 3)
+def test_pgd_box_minimises_each_column_to_the_box_vertex():
+    """A linear objective's minimum over a box is a known vertex; every column is attacked on its own."""
+    W = torch.tensor([[1.0, -2.0, 0.5], [-1.0, 1.0, 3.0]])    # (n=2, M=3)
+    lo, hi = torch.tensor([[-1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 2.0], [0.5, 3.0]])
+    out = pgd_box(lambda x: x @ W, lo, hi, steps=20)
+    exact = torch.minimum(lo.unsqueeze(2) * W, hi.unsqueeze(2) * W).sum(1)   # (B, M)
+    assert out.shape == (2, 3) and torch.allclose(out, exact, atol=1e-6)
+
+
+def test_pgd_restarts_find_the_known_counterexample():
+    """f(x) = relu(x) - 3 relu(x - 0.6) on [0, 1]: from the centre PGD slides to the local minimum f(0) = 0;
+    random restarts reach the global minimum f(1) = -0.2 (a counterexample to f >= 0), inside the box."""
+    def f(x):
+        return (torch.relu(x) - 3 * torch.relu(x - 0.6)).sum(1, keepdim=True)
+
+    lo, hi = torch.zeros(1, 1), torch.ones(1, 1)
+    one = pgd(f, lo, hi, steps=30, restarts=1)
+    assert abs(float(one.value) - 0.0) < 1e-6
+    many = pgd(f, lo, hi, steps=30, restarts=8, generator=torch.Generator().manual_seed(0))
+    assert abs(float(many.value) + 0.2) < 1e-6
+    x = many.x[:, 0]
+    assert bool(((x >= lo) & (x <= hi)).all()) and torch.allclose(f(x), many.value)
 
 
 def test_verified_implies_pgd_robust_and_table():
