@@ -10,8 +10,9 @@ every input in the box
 Each rule maps the state at a node's output to one state per input (``None``
 for constant inputs) and returns them as a tuple aligned with the node's
 inputs.  Affine ops transpose their linear part (the weight for ``linear``,
-autograd's ``conv_input`` for ``conv``, :func:`torch.func.vjp` for every other
-affine op) and move their constant part into the bias.  The accumulated bias
+autograd's ``conv_input`` for ``conv``, the explicit plain-op transposes of
+:mod:`.transpose` for the structural ops) and move their constant part into
+the bias.  The accumulated bias
 travels to the *first* perturbed input only, so that summing the states of a
 node with several users (ResNet skips, concat) counts every bias once.
 Activations take their pre-activation bounds and use :mod:`.relaxation`.
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import concrete
+from . import transpose
 from .interval import Interval
 from .registry import rule
 from .relaxation import relax
@@ -103,18 +104,6 @@ def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float 
 
     lA = apply(c.lA)
     return Coeffs(lA, lA if c.uA is c.lA else apply(c.uA), c.lb + lbias, c.ub + ubias)
-
-
-def vjp_transpose(fn: Callable[[Tensor], Tensor], A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """Transpose of the linear part of the per-sample affine map ``fn`` applied to ``A`` (B, S, *out).
-
-    Uses :func:`torch.func.vjp` with the S dimension folded into the batch.
-    """
-    B, S = A.shape[:2]
-    primal = torch.zeros((B * S,) + tuple(in_shape), dtype=A.dtype, device=A.device)
-    _, pullback = torch.func.vjp(fn, primal)
-    (g,) = pullback(A.reshape((B * S,) + tuple(A.shape[2:])))
-    return g.reshape((B, S) + tuple(in_shape))
 
 
 def concretize(c: Coeffs, x_lower: Tensor, x_upper: Tensor) -> Interval:
@@ -223,29 +212,40 @@ def sub(c: Coeffs, x, y, *, in_shapes) -> tuple:
     return _two_inputs(c, x, y, in_shapes, -1.0)
 
 
-def _affine_op(fn: Callable[..., Tensor]) -> Callable[..., tuple]:
-    """Backward rule of a parameter-free affine op ``fn(x, **attrs)``: vjp transpose, ``A·fn(0)`` bias."""
+def _structural(name: str, transpose: Callable[[Tensor, tuple, dict], Tensor]) -> Callable[..., tuple]:
+    """Backward rule of a parameter-free linear op from its explicit transpose ``transpose(A, in_shape, attrs)``."""
 
     def backward(c: Coeffs, x, *, in_shapes, **attrs) -> tuple:
         shape = tuple(in_shapes[0])
+        return (map_coeffs(c, lambda A: transpose(A, shape, attrs), same_for_every_sample=True),)
 
-        def f(v: Tensor) -> Tensor:
-            return fn(v, **attrs)
-
-        f0 = f(torch.zeros((1,) + shape, dtype=c.lA.dtype, device=c.lA.device))
-        const = bool(f0.any())
-        lb = _dot(c.lA, f0[0]) if const else 0.0
-        ub = _dot(c.uA, f0[0]) if const else 0.0
-        return (map_coeffs(c, lambda A: vjp_transpose(f, A, shape), lb, ub, same_for_every_sample=True),)
-
-    backward.__name__ = fn.__name__
-    backward.__qualname__ = fn.__name__
-    backward.__doc__ = f"Transpose of ``{fn.__name__}`` by vjp; its constant part into the bias."
+    backward.__name__ = backward.__qualname__ = name
+    backward.__doc__ = f"Transpose of ``{name}`` (:mod:`.transpose`)."
     return backward
 
 
-for _op in ("reshape", "permute", "pad", "avg_pool2d", "adaptive_avg_pool2d"):
-    rule(_op, DOMAIN)(_affine_op(getattr(concrete, _op)))
+for _op, _t in (("reshape", lambda A, in_shape, attrs: transpose.reshape_t(A, in_shape)),
+                ("permute", lambda A, in_shape, attrs: transpose.permute_t(A, attrs["dims"])),
+                ("avg_pool2d", lambda A, in_shape, attrs: transpose.avg_pool2d_t(A, in_shape, **attrs)),
+                ("adaptive_avg_pool2d", lambda A, in_shape, attrs: transpose.adaptive_avg_pool2d_t(A, in_shape))):
+    rule(_op, DOMAIN)(_structural(_op, _t))
+
+
+@rule("pad", DOMAIN)
+def pad(c: Coeffs, x, *, in_shapes, pad: tuple, mode: str, value: float) -> tuple:
+    """Transpose of ``F.pad``: crop (constant) or fold the borders back (reflect, replicate, circular);
+    a non-zero constant ``value`` moves ``value · (sum of A over the padding)`` into the bias."""
+
+    def tr(A: Tensor) -> Tensor:
+        return transpose.pad_t(A, pad, mode)
+
+    out = map_coeffs(c, tr, same_for_every_sample=True)
+    if mode == "constant" and value:
+        def border(A: Tensor, At: Tensor) -> Tensor:
+            return value * (A.flatten(2).sum(-1) - At.flatten(2).sum(-1))
+
+        out = Coeffs(out.lA, out.uA, out.lb + border(c.lA, out.lA), out.ub + border(c.uA, out.uA))
+    return (out,)
 
 
 @rule("concat", DOMAIN)
@@ -328,4 +328,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     return (Coeffs(lA, uA, lb, ub),)
 
 
-__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "vjp_transpose", "zero_bias_like"]
+__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "zero_bias_like"]
