@@ -3,6 +3,11 @@
 ``check_sound(bm, model, x_lower, x_upper, C)`` computes the bounds, then
 verifies that (a) random points and box vertices and (b) points found by PGD
 (minimising and maximising every output) give outputs inside ``[lower, upper]``.
+
+Soundness alone is passed by ``(-inf, inf)``, so there is a tightness floor as well:
+the bounds must be finite, and with ``ibp_factor`` the width must not exceed the IBP
+width of the same model times ``ibp_factor`` (plus ``ATOL``) — for methods where that
+is expected, e.g. CROWN on ReLU networks.
 """
 
 from __future__ import annotations
@@ -25,11 +30,21 @@ def _outputs(model, x, C):
 
 
 def check_sound(bm, model, xl, xu, C=None, *, samples: int = 64, pgd_steps: int = 20, restarts: int = 1,
-                method_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Assert that sampled and attacked outputs lie within the bounds; returns the bounds."""
+                method_name: str = "", ibp_factor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assert that the bounds are finite (and, with ``ibp_factor``, at most that many times as wide as IBP's)
+    and that sampled and attacked outputs lie within them; returns the bounds."""
     with torch.no_grad():
         lower, upper = bm(xl, xu, C)
     assert torch.all(lower <= upper + ATOL), f"{method_name}: lower > upper"
+    assert bool(torch.isfinite(lower).all() and torch.isfinite(upper).all()), f"{method_name}: non-finite bounds"
+    if ibp_factor is not None:
+        import boundc
+
+        with torch.no_grad():
+            il, iu = boundc.compile(model, xl, method="ibp")(xl, xu, C)
+        excess = (upper - lower) - (ibp_factor * (iu - il) + ATOL)
+        assert not bool((excess > 0).any()), (f"{method_name}: bounds looser than {ibp_factor} x IBP's by up to "
+                                              f"{excess.max().item():.3g}")
     g = torch.Generator().manual_seed(1)
     worst_low = torch.full_like(lower, float("inf"))
     worst_up = torch.full_like(upper, float("-inf"))
