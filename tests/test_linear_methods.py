@@ -106,9 +106,30 @@ def test_spec_starts_from_C_and_code_shows_walk() -> None:
     assert "start_identity" not in code  # the spec is bounded without bounding the logits
 
 
-def test_report_counts_unstable_relus() -> None:
-    model = examples.build("mlp", in_shape=(1, 8, 8))
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_report_counts_unstable_relus(method: str) -> None:
+    """The per-node bounds behind the report are finite and enclose every node's value at sampled inputs,
+    and the report's unstable count is the number of ReLU inputs with l < 0 < u."""
+    from boundc.passes.graph.analysis import evaluate
+
+    from boundc.report import node_bounds
+
+    torch.manual_seed(0)
+    model = examples.build("mlp", in_shape=(1, 8, 8)).eval()
     x = torch.rand(2, 1, 8, 8)
-    bm = boundc.compile(model, x, method="crown")
-    text = bm.report(*boundc.linf_box(x, 0.05))
-    assert "unstable" in text and "linear" in text
+    bm = boundc.compile(model, x, method=method)
+    xl, xu = boundc.linf_box(x, 0.05)
+    bounds = node_bounds(bm, xl, xu)
+    relu_inputs = [n.inputs[0] for n in bm.graph if n.op == "relu" and n.inputs[0] in bounds]
+    assert relu_inputs and bm.graph.output.name in bounds
+    for k in range(16):
+        xs = xl + (xu - xl) * torch.rand(xl.shape, generator=torch.Generator().manual_seed(k))
+        with torch.no_grad():
+            values = evaluate(bm.graph, xs)
+        for name, b in bounds.items():
+            assert bool(torch.isfinite(b.lower).all() and torch.isfinite(b.upper).all()), name
+            v = values[name]
+            assert bool((b.lower <= v + 1e-5).all() and (v <= b.upper + 1e-5).all()), (method, name)
+    unstable = sum(int(((bounds[r].lower < 0) & (bounds[r].upper > 0)).sum()) for r in relu_inputs)
+    assert unstable > 0
+    assert f"{unstable} unstable ReLU neurons" in bm.report(xl, xu)
