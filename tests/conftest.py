@@ -39,3 +39,7 @@ def load_reference(name: str) -> tuple[torch.nn.Module, dict, dict]:
     model = ref.build_model(name)
     model.load_state_dict(torch.load(folder / f"{name}.state_dict.pt"))
     return model.eval(), torch.load(folder / f"{name}.inputs.pt"), torch.load(folder / f"{name}.bounds.pt")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test (tens of seconds); deselect with -m 'not slow'")
