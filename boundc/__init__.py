@@ -9,11 +9,11 @@ from boundc import passes as _passes  # noqa: F401  (registers the rules)
 from boundc.bound_module import BoundModule
 from boundc.codegen import methods
 from boundc.compiler import compile, lower
-from boundc.errors import BoundcError, UnsupportedOpError
+from boundc.errors import BoundcError, BoundcInternalError, UnsupportedOpError
 from boundc.options import CompileOptions
 from boundc.passes.rules.interval import Interval
 from boundc.specs import linf_box, margin_spec
 
-__all__ = ["BoundModule", "BoundcError", "CompileOptions", "Interval", "UnsupportedOpError", "compile",
+__all__ = ["BoundModule", "BoundcError", "BoundcInternalError", "CompileOptions", "Interval", "UnsupportedOpError", "compile",
            "linf_box", "lower", "margin_spec", "methods"]
 __version__ = "0.1.0"
