@@ -126,3 +126,10 @@ def test_readme_command_runs(cmd, tmp_path, monkeypatch, capsys):
         assert (tmp_path / (_opt(argv, "--out") or "boundc_runs/run") / "checkpoint.pt").exists()
     if argv[0] == "demo":
         assert "onnxruntime vs torch" in text
+
+
+def test_ci_runs_the_readme_test_command():
+    readme, ci = README.read_text(), (ROOT / ".ci" / "run").read_text()
+    setup = re.search(r"pip install torch==2\.13\.0 -e '\.\[test\]' && (python -m pytest[^\n`]*)", readme)
+    assert setup, "the README's test command"
+    assert setup.group(1).strip() in ci and "ruff check ." in ci and "-e '.[test]'" in ci
