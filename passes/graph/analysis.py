@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import torch
+from boundc.passes.rules.ops import OPS, has
 from boundc.passes.rules.registry import get_rule
 
 from boundc.errors import BoundcError, UnsupportedOpError
 from boundc.ir import Graph
-
-#: Ops whose value never depends on the perturbed input.
-SOURCES = {"param", "clean_input", "spec_matrix"}
-#: Ops that reduce over the batch (their result has no batch dimension).
-BATCH_REDUCTIONS = {"batch_mean", "batch_var"}
 
 
 def mark_perturbed(g: Graph) -> Graph:
@@ -20,11 +16,11 @@ def mark_perturbed(g: Graph) -> Graph:
         ins = [g[i] for i in n.inputs if i is not None]
         if n.op == "input":
             n.perturbed, n.batched = True, True
-        elif n.op in SOURCES:
+        elif has(n.op, "source"):
             n.perturbed, n.batched = False, n.op != "param"
         else:
             n.perturbed = any(i.perturbed for i in ins)
-            n.batched = any(i.batched for i in ins) and n.op not in BATCH_REDUCTIONS
+            n.batched = any(i.batched for i in ins) and not has(n.op, "batch_reduction")
     return g
 
 
@@ -74,13 +70,15 @@ def check_rules(g: Graph, domains: tuple[str, ...]) -> None:
     """
     problems = []
     for n in g:
-        if n.op in ("input", "param", "clean_input", "spec_matrix"):
+        if n.op == "input" or has(n.op, "source"):
             continue
-        if n.perturbed:
+        spec = OPS.get(n.op)
+        bad = spec.check(n.attrs) if n.perturbed and spec is not None and spec.check is not None else None
+        if bad:
+            problems.append(f"{bad}: {n.where()}")
+        elif n.perturbed:
             if not any(get_rule(n.op, d) for d in domains):
                 problems.append(f"op '{n.op}' has no {'/'.join(domains)} rule: {n.where()}")
-            elif n.op == "leaky_relu" and n.attrs["negative_slope"] < 0:
-                problems.append(f"leaky_relu with a negative slope is not monotone: {n.where()}")
             elif n.op == "mul" and all(g[i].perturbed for i in n.inputs):
                 if not all(get_rule("mul", d) for d in domains):
                     problems.append(f"product of two input-dependent values: {n.where()}")

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boundc.passes.rules.relaxation import ACTIVATIONS
+from boundc.passes.rules.ops import OPS, has
 
 from boundc.ir import Graph
 
-#: Ops whose backward rule needs the concrete bounds of their input.
-NONLINEAR = set(ACTIVATIONS) | {"max_pool2d"}
-#: Ops that mix entries of their input linearly (IBP is exact for one of them, not for a chain).
-MIXING = {"linear", "conv", "avg_pool2d", "adaptive_avg_pool2d"}
-#: Elementwise or structural affine ops that keep an exact box exact.
-STRUCTURAL = {"identity", "scale_shift", "reshape", "permute", "pad"}
+# Snapshots of the op table's traits, for readers that want a set (the passes here call ``has``):
+#: Ops whose backward rule needs the concrete bounds of their input (trait ``needs_bounds``).
+NONLINEAR = frozenset(op for op, d in OPS.items() if d.needs_bounds)
+#: Ops that mix entries of their input linearly (trait ``mixing``: IBP is exact for one of them, not a chain).
+MIXING = frozenset(op for op, d in OPS.items() if d.mixing)
+#: Elementwise or structural affine ops that keep an exact box exact (trait ``structural``).
+STRUCTURAL = frozenset(op for op, d in OPS.items() if d.structural)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def needed_bounds(g: Graph) -> list[str]:
     """Perturbed inputs of non-linear ops, in topological order."""
     need: set[str] = set()
     for n in g:
-        if n.perturbed and n.op in NONLINEAR:
+        if n.perturbed and has(n.op, "needs_bounds"):
             need.update(i for i in n.inputs if i is not None and g[i].perturbed)
     return [n.name for n in g if n.name in need]
 
@@ -61,9 +62,10 @@ def ibp_exact(g: Graph) -> set[str]:
         if not n.perturbed:
             continue
         pert = [i for i in n.inputs if i is not None and g[i].perturbed]
-        if len(pert) != 1 or pert[0] not in mixes or n.op not in MIXING | STRUCTURAL:
+        mixing = has(n.op, "mixing")
+        if len(pert) != 1 or pert[0] not in mixes or not (mixing or has(n.op, "structural")):
             continue
-        k = mixes[pert[0]] + (n.op in MIXING)
+        k = mixes[pert[0]] + mixing
         if k <= 1:
             mixes[n.name] = k
     return set(mixes)

@@ -34,8 +34,9 @@ from torch import Tensor
 
 from . import transpose
 from .interval import Interval
-from .registry import rule
-from .relaxation import relax
+from .ops import OpDef, opdef
+from .registry import deriver, rule
+from .relaxation import Mode
 
 DOMAIN = "backward"
 
@@ -275,14 +276,28 @@ def _split(A: Tensor) -> tuple[Tensor, Tensor]:
     return A.clamp(min=0), A.clamp(max=0)
 
 
-def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = "crown", alpha: tuple | None = None,
+def _alpha_k(a: Tensor | None, node_ndim: int) -> Tensor | None:
+    """``alpha`` with its leading ``k`` axis: ``(k, B, S, *shape)`` (a tensor without it gets ``k = 1``)."""
+    if a is None or a.dim() > node_ndim:
+        return a
+    return a.unsqueeze(0)
+
+
+def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, alpha: tuple | None = None,
                    **attrs) -> Coeffs:
-    """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
+    """Back through an activation: positive lower coefficients take the lower line, negative the upper line.
+
+    ``alpha = (for the lower pass, for the upper pass)``, each ``(k, B, S, *shape)`` or ``None``
+    (see :class:`~.relaxation.AlphaSpec`); without it the lines are ``mode``'s default.
+    """
+    lines = opdef(op).relaxation.lines
     l, u = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
     if alpha is None:
-        low = up = relax(op, l, u, mode, **attrs)
+        low = up = lines(l, u, mode, None, **attrs)
     else:
-        low, up = relax(op, l, u, mode, alpha[0], **attrs), relax(op, l, u, mode, alpha[1], **attrs)
+        nd = c.lA.dim()
+        low = lines(l, u, mode, _alpha_k(alpha[0], nd), **attrs)
+        up = lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
     lpos, upos = c.lA >= 0, c.uA >= 0
     lA = c.lA * torch.where(lpos, low.lw, low.uw)
     uA = c.uA * torch.where(upos, up.uw, up.lw)
@@ -292,7 +307,7 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = "crown", alph
 
 
 def _activation(op: str) -> Callable[..., tuple]:
-    def backward(c: Coeffs, x: Interval, *, in_shapes, mode: str = "crown", alpha: tuple | None = None,
+    def backward(c: Coeffs, x: Interval, *, in_shapes, mode: str = Mode.CROWN, alpha: tuple | None = None,
                  **attrs) -> tuple:
         return (relax_backward(c, x, op=op, mode=mode, alpha=alpha, **attrs),)
 
@@ -301,8 +316,10 @@ def _activation(op: str) -> Callable[..., tuple]:
     return backward
 
 
-for _op in ("relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "softplus"):
-    rule(_op, DOMAIN)(_activation(_op))
+@deriver(DOMAIN)
+def derive(d: OpDef) -> Callable[..., tuple] | None:
+    """The backward rule of an elementwise activation: its relaxation's lines (``None`` for other ops)."""
+    return _activation(d.name) if d.relaxation is not None and d.elementwise else None
 
 
 @rule("max_pool2d", DOMAIN)

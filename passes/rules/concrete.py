@@ -2,7 +2,9 @@
 
 These run on ordinary tensors: for constant sub-graphs (parameters folded by
 canonicalisation, batch statistics) and to check a frontend against the model.
-Each takes the node's inputs positionally and its attrs as keywords.
+Each takes the node's inputs positionally and its attrs as keywords.  The op
+table (:mod:`.ops`) names them as each op's ``eval``; the registry serves them
+as the ``"eval"`` rules.
 """
 
 from __future__ import annotations
@@ -11,18 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .registry import rule
 
-DOMAIN = "eval"
-
-
-@rule(("identity",), DOMAIN)
 def identity(x: Tensor) -> Tensor:
     """Return ``x``."""
     return x
 
 
-@rule("linear", DOMAIN)
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``x @ weight.T + bias``."""
     return F.linear(x, weight, bias)
@@ -31,14 +27,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@rule("conv", DOMAIN)
 def conv(x: Tensor, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
          dilation: tuple, groups: int) -> Tensor:
     """N-d convolution (N from the weight's rank)."""
     return _CONV[weight.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
 
 
-@rule("scale_shift", DOMAIN)
 def scale_shift(x: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor:
     """``x * scale + shift`` with broadcasting; either may be absent."""
     if scale is not None:
@@ -48,105 +42,103 @@ def scale_shift(x: Tensor, scale: Tensor | None, shift: Tensor | None) -> Tensor
     return x
 
 
-@rule("add", DOMAIN)
 def add(x: Tensor, y: Tensor) -> Tensor:
     """``x + y``."""
     return x + y
 
 
-@rule("sub", DOMAIN)
 def sub(x: Tensor, y: Tensor) -> Tensor:
     """``x - y``."""
     return x - y
 
 
-@rule("mul", DOMAIN)
 def mul(x: Tensor, y: Tensor) -> Tensor:
     """``x * y``."""
     return x * y
 
 
-@rule("relu", DOMAIN)
 def relu(x: Tensor) -> Tensor:
     """max(x, 0)."""
     return torch.relu(x)
 
 
-@rule("leaky_relu", DOMAIN)
 def leaky_relu(x: Tensor, *, negative_slope: float) -> Tensor:
     """Leaky ReLU."""
     return F.leaky_relu(x, negative_slope)
 
 
-@rule("sigmoid", DOMAIN)
 def sigmoid(x: Tensor) -> Tensor:
     """Logistic sigmoid."""
     return torch.sigmoid(x)
 
 
-@rule("tanh", DOMAIN)
 def tanh(x: Tensor) -> Tensor:
     """Hyperbolic tangent."""
     return torch.tanh(x)
 
 
-@rule("hardtanh", DOMAIN)
+def softsign(x: Tensor) -> Tensor:
+    """``x / (1 + |x|)``."""
+    return F.softsign(x)
+
+
+def gelu(x: Tensor, *, approximate: str = "none") -> Tensor:
+    """GELU ``x * Phi(x)`` (``approximate="tanh"``: the tanh formula)."""
+    return F.gelu(x, approximate=approximate)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU / swish ``x * sigmoid(x)``."""
+    return F.silu(x)
+
+
 def hardtanh(x: Tensor, *, min_val: float, max_val: float) -> Tensor:
     """Clamp to [min_val, max_val] (either may be +-inf)."""
     return torch.clamp(x, min_val, max_val)
 
 
-@rule("softplus", DOMAIN)
 def softplus(x: Tensor, *, beta: float, threshold: float) -> Tensor:
     """Softplus ``log(1 + exp(beta x)) / beta``."""
     return F.softplus(x, beta, threshold)
 
 
-@rule("reshape", DOMAIN)
 def reshape(x: Tensor, *, shape: tuple) -> Tensor:
     """Reshape (a leading -1 keeps the batch)."""
     return x.reshape(shape)
 
 
-@rule("permute", DOMAIN)
 def permute(x: Tensor, *, dims: tuple) -> Tensor:
     """Permute dimensions."""
     return x.permute(dims)
 
 
-@rule("avg_pool2d", DOMAIN)
 def avg_pool2d(x: Tensor, *, kernel_size: tuple, stride: tuple, padding: tuple, ceil_mode: bool,
                count_include_pad: bool, divisor_override: int | None) -> Tensor:
     """2-d average pooling."""
     return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
-@rule("adaptive_avg_pool2d", DOMAIN)
 def adaptive_avg_pool2d(x: Tensor, *, output_size: tuple) -> Tensor:
     """2-d adaptive average pooling."""
     return F.adaptive_avg_pool2d(x, output_size)
 
 
-@rule("max_pool2d", DOMAIN)
 def max_pool2d(x: Tensor, *, kernel_size: tuple, stride: tuple, padding: tuple, dilation: tuple,
                ceil_mode: bool) -> Tensor:
     """2-d max pooling."""
     return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
 
-@rule("concat", DOMAIN)
 def concat(*xs: Tensor, dim: int) -> Tensor:
     """Concatenate along ``dim``."""
     return torch.cat(xs, dim)
 
 
-@rule("pad", DOMAIN)
 def pad(x: Tensor, *, pad: tuple, mode: str, value: float) -> Tensor:
     """Pad (``pad`` in torch's last-dimension-first order)."""
     return F.pad(x, pad, mode=mode, value=value) if mode == "constant" else F.pad(x, pad, mode=mode)
 
 
-@rule("batch_norm", DOMAIN)
 def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
                running_var: Tensor | None, *, training: bool, eps: float) -> Tensor:
     """Batch normalisation without updating running statistics."""
@@ -158,25 +150,21 @@ def batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, running_me
     return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
 
 
-@rule("batch_mean", DOMAIN)
 def batch_mean(x: Tensor) -> Tensor:
     """Per-channel (dim 1) mean over batch and spatial dimensions."""
     return x.mean([0] + list(range(2, x.dim())))
 
 
-@rule("batch_var", DOMAIN)
 def batch_var(x: Tensor) -> Tensor:
     """Per-channel (dim 1) biased variance over batch and spatial dimensions."""
     return x.var([0] + list(range(2, x.dim())), unbiased=False)
 
 
-@rule("spec", DOMAIN)
 def spec(y: Tensor, C: Tensor) -> Tensor:
     """``C @ y`` for ``C`` of shape (B, S, K) and ``y`` of shape (B, K)."""
     return torch.einsum("bsk,bk->bs", C, y)
 
 
-@rule("spec_linear", DOMAIN)
 def spec_linear(x: Tensor, weight: Tensor, bias: Tensor | None, C: Tensor) -> Tensor:
     """``C @ (x @ weight.T + bias)``."""
     return spec(F.linear(x, weight, bias), C)
@@ -184,27 +172,23 @@ def spec_linear(x: Tensor, weight: Tensor, bias: Tensor | None, C: Tensor) -> Te
 
 # -- helpers used by canonicalisation to build constant sub-graphs ------------
 
-@rule("bn_scale", DOMAIN)
 def bn_scale(weight: Tensor | None, var: Tensor, *, eps: float) -> Tensor:
     """Per-channel BN scale ``weight / sqrt(var + eps)``."""
     s = torch.rsqrt(var + eps)
     return s if weight is None else weight * s
 
 
-@rule("bn_shift", DOMAIN)
 def bn_shift(bias: Tensor | None, mean: Tensor, scale: Tensor) -> Tensor:
     """Per-channel BN shift ``bias - mean * scale``."""
     t = -mean * scale
     return t if bias is None else bias + t
 
 
-@rule("fold_weight", DOMAIN)
 def fold_weight(weight: Tensor, scale: Tensor) -> Tensor:
     """Scale a linear/conv weight per output channel (``scale`` has 1 or ``out`` entries)."""
     return weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
 
 
-@rule("fold_bias", DOMAIN)
 def fold_bias(bias: Tensor | None, scale: Tensor | None, shift: Tensor | None, *, out_channels: int) -> Tensor:
     """The bias after a per-output-channel affine: ``bias * scale + shift``."""
     out = bias
@@ -218,13 +202,11 @@ def fold_bias(bias: Tensor | None, scale: Tensor | None, shift: Tensor | None, *
     return out.expand(out_channels)
 
 
-@rule("matmul_weights", DOMAIN)
 def matmul_weights(w2: Tensor, w1: Tensor) -> Tensor:
     """Weight of two chained linear layers: ``w2 @ w1``."""
     return w2 @ w1
 
 
-@rule("chain_bias", DOMAIN)
 def chain_bias(w2: Tensor, b1: Tensor | None, b2: Tensor | None) -> Tensor | None:
     """Bias of two chained linear layers: ``w2 @ b1 + b2``."""
     if b1 is None:
@@ -233,7 +215,6 @@ def chain_bias(w2: Tensor, b1: Tensor | None, b2: Tensor | None) -> Tensor | Non
     return out if b2 is None else out + b2
 
 
-@rule("compose_scale", DOMAIN)
 def compose_scale(s1: Tensor | None, s2: Tensor | None) -> Tensor | None:
     """Scale of ``(x * s1 + t1) * s2 + t2``: ``s1 * s2``."""
     if s1 is None:
@@ -241,7 +222,6 @@ def compose_scale(s1: Tensor | None, s2: Tensor | None) -> Tensor | None:
     return s1 if s2 is None else s1 * s2
 
 
-@rule("compose_shift", DOMAIN)
 def compose_shift(t1: Tensor | None, s2: Tensor | None, t2: Tensor | None) -> Tensor | None:
     """Shift of ``(x * s1 + t1) * s2 + t2``: ``t1 * s2 + t2``."""
     if t1 is not None and s2 is not None:
@@ -251,13 +231,11 @@ def compose_shift(t1: Tensor | None, s2: Tensor | None, t2: Tensor | None) -> Te
     return t1 if t2 is None else t1 + t2
 
 
-@rule("neg", DOMAIN)
 def neg(x: Tensor) -> Tensor:
     """``-x``."""
     return -x
 
 
-@rule("reciprocal", DOMAIN)
 def reciprocal(x: Tensor) -> Tensor:
     """``1 / x``."""
     return 1.0 / x

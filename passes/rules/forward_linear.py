@@ -21,8 +21,9 @@ from torch import Tensor
 
 from . import concrete
 from .interval import Interval
-from .registry import get_rule, rule
-from .relaxation import relax
+from .ops import OpDef, opdef
+from .registry import deriver, get_rule, rule
+from .relaxation import Mode
 
 DOMAIN = "forward"
 
@@ -169,8 +170,10 @@ def concat(*xs, dim: int) -> Symbolic:
 
 
 def _activation(op: str) -> Callable[..., Symbolic]:
+    lines_of = opdef(op).relaxation.lines
+
     def forward(x: Symbolic, bounds: Interval, **attrs) -> Symbolic:
-        ln = relax(op, bounds.lower, bounds.upper, "crown", **attrs)
+        ln = lines_of(bounds.lower, bounds.upper, Mode.CROWN, None, **attrs)
         lw1, uw1 = ln.lw.unsqueeze(1), ln.uw.unsqueeze(1)
         lw = torch.where(lw1 >= 0, x.lw * lw1, x.uw * lw1)
         uw = torch.where(uw1 >= 0, x.uw * uw1, x.lw * uw1)
@@ -183,8 +186,10 @@ def _activation(op: str) -> Callable[..., Symbolic]:
     return forward
 
 
-for _op in ("relu", "leaky_relu", "sigmoid", "tanh", "hardtanh", "softplus"):
-    rule(_op, DOMAIN)(_activation(_op))
+@deriver(DOMAIN)
+def derive(d: OpDef) -> Callable[..., Symbolic] | None:
+    """The forward rule of an elementwise activation: its relaxation's lines (``None`` for other ops)."""
+    return _activation(d.name) if d.relaxation is not None and d.elementwise else None
 
 
 @rule("max_pool2d", DOMAIN)
@@ -223,8 +228,6 @@ def spec_linear(x: Symbolic, weight: Tensor, bias: Tensor | None, C: Tensor) -> 
 
 def emit_forward(em, options) -> tuple[fx.Node, fx.Node]:
     """Emit the forward method: one symbolic state per perturbed node, concretised at non-linear ops' inputs."""
-    from boundc.passes.graph.planning import NONLINEAR
-
     g = em.g
     out = g.output
     if not out.perturbed:
@@ -238,7 +241,7 @@ def emit_forward(em, options) -> tuple[fx.Node, fx.Node]:
             em.values[n.name] = em.call(input_symbolic, (em.inputs["x_lower"], em.inputs["x_upper"]), name="x")
             continue
         args = [em.arg(i) for i in n.inputs]
-        if n.op in NONLINEAR:
+        if opdef(n.op).needs_bounds:
             i = n.inputs[0]
             if i not in concrete_bounds:
                 concrete_bounds[i] = em.call(concretize, (em.values[i], em.inputs["x_lower"], em.inputs["x_upper"]),

@@ -1,9 +1,10 @@
-"""Interval bound propagation (IBP): one rule per IR op in domain ``"interval"``.
+"""Interval bound propagation (IBP): rules in domain ``"interval"``.
 
 An :class:`Interval` holds elementwise ``lower <= x <= upper``.  Affine ops use
-centre/radius form (``W·c + b``, ``|W|·r``); monotone ops map the end points;
-the rest are handled case by case.  Inputs that are not perturbed arrive as
-plain tensors.
+centre/radius form (``W·c + b``, ``|W|·r``); the rules of monotone ops (map the
+end points) and of non-monotone activations (their relaxation's exact interval)
+are derived from the op table (:func:`derive`); the rest are explicit here.
+Inputs that are not perturbed arrive as plain tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import concrete
-from .registry import rule
+from .registry import deriver, rule
 
 DOMAIN = "interval"
 
@@ -50,12 +51,6 @@ def _map(fn, x: Interval, **kw) -> Interval:
 def input_box(lower: Tensor, upper: Tensor) -> Interval:
     """The input box."""
     return Interval(lower, upper)
-
-
-@rule("identity", DOMAIN)
-def identity(x: Interval) -> Interval:
-    """Unchanged."""
-    return x
 
 
 # -- affine ops -----------------------------------------------------------------
@@ -129,84 +124,36 @@ def spec_linear(x: Interval, weight: Tensor, bias: Tensor | None, C: Tensor) -> 
     return from_centre_radius(centre, torch.einsum("bsi,bi->bs", w.abs(), r))
 
 
-# -- monotone (non-decreasing) ops: map both end points -------------------------
-
-@rule("relu", DOMAIN)
-def relu(x: Interval) -> Interval:
-    """ReLU is monotone."""
-    return _map(torch.relu, x)
-
-
-@rule("leaky_relu", DOMAIN)
-def leaky_relu(x: Interval, *, negative_slope: float) -> Interval:
-    """Leaky ReLU (monotone for a non-negative slope; a negative one is checked at compile)."""
-    return _map(concrete.leaky_relu, x, negative_slope=negative_slope)
-
-
-@rule("sigmoid", DOMAIN)
-def sigmoid(x: Interval) -> Interval:
-    """Sigmoid is monotone."""
-    return _map(torch.sigmoid, x)
-
-
-@rule("tanh", DOMAIN)
-def tanh(x: Interval) -> Interval:
-    """tanh is monotone."""
-    return _map(torch.tanh, x)
-
-
-@rule("hardtanh", DOMAIN)
-def hardtanh(x: Interval, *, min_val: float, max_val: float) -> Interval:
-    """Clamping is monotone."""
-    return _map(concrete.hardtanh, x, min_val=min_val, max_val=max_val)
-
-
-@rule("softplus", DOMAIN)
-def softplus(x: Interval, *, beta: float, threshold: float) -> Interval:
-    """Softplus is monotone."""
-    return _map(concrete.softplus, x, beta=beta, threshold=threshold)
-
-
-@rule("max_pool2d", DOMAIN)
-def max_pool2d(x: Interval, **kw) -> Interval:
-    """Max pooling is monotone in every input."""
-    return _map(concrete.max_pool2d, x, **kw)
-
-
-@rule("avg_pool2d", DOMAIN)
-def avg_pool2d(x: Interval, **kw) -> Interval:
-    """Average pooling has non-negative weights: monotone."""
-    return _map(concrete.avg_pool2d, x, **kw)
-
-
-@rule("adaptive_avg_pool2d", DOMAIN)
-def adaptive_avg_pool2d(x: Interval, **kw) -> Interval:
-    """Adaptive average pooling has non-negative weights: monotone."""
-    return _map(concrete.adaptive_avg_pool2d, x, **kw)
-
-
-@rule("pad", DOMAIN)
-def pad(x: Interval, **kw) -> Interval:
-    """Padding copies entries (or inserts constants): monotone."""
-    return _map(concrete.pad, x, **kw)
-
-
 # -- structural ops --------------------------------------------------------------
-
-@rule("reshape", DOMAIN)
-def reshape(x: Interval, *, shape: tuple) -> Interval:
-    """Reshape both end points."""
-    return _map(concrete.reshape, x, shape=shape)
-
-
-@rule("permute", DOMAIN)
-def permute(x: Interval, *, dims: tuple) -> Interval:
-    """Permute both end points."""
-    return _map(concrete.permute, x, dims=dims)
-
 
 @rule("concat", DOMAIN)
 def concat(*xs: Interval | Tensor, dim: int) -> Interval:
     """Concatenate end points (constants become degenerate intervals)."""
     ivs = [as_interval(x) for x in xs]
     return Interval(torch.cat([i.lower for i in ivs], dim), torch.cat([i.upper for i in ivs], dim))
+
+
+@deriver(DOMAIN)
+def derive(d):
+    """The interval rule of an op from its :class:`~.ops.OpDef`: the relaxation's exact interval, else
+    ``f(lower), f(upper)`` for a monotone op; ``None`` otherwise."""
+    r = d.relaxation
+    if r is not None and r.interval is not None:
+        image = r.interval
+
+        def fn(x: Interval, **attrs) -> Interval:
+            return Interval(*image(x.lower, x.upper, **attrs))
+
+        how = "its exact image (the relaxation's interval)"
+    elif d.monotone and d.eval is not None:
+        f = d.eval
+
+        def fn(x: Interval, **attrs) -> Interval:
+            return _map(f, x, **attrs)
+
+        how = "monotone: both end points mapped"
+    else:
+        return None
+    fn.__name__ = fn.__qualname__ = d.name
+    fn.__doc__ = f"``{d.name}``: {how}."
+    return fn

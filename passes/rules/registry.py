@@ -1,26 +1,33 @@
-"""The rule registry: one table of per-op functions per domain.
+"""The rule registry: per-op functions per domain, explicit or derived from the op table.
 
 A *domain* is a way of evaluating an IR op: ``"eval"`` computes the op on
 concrete tensors (constants, the clean path); ``"interval"`` maps input
-intervals to an output interval; the linear-relaxation domains add their own.
-Rules are registered with a decorator, so adding an op means adding its rules::
-
-    @rule("relu", "interval")
-    def relu(x: Interval) -> Interval: ...
+intervals to an output interval; ``"backward"`` / ``"forward"`` are the linear
+relaxations.  :func:`get_rule` returns the rule registered explicitly for an op
+(``@rule("linear", "interval")``, written only where it pays: linear, conv,
+spec, pooling, binary ops) or else one derived from the op's
+:class:`~.ops.OpDef` by the domain's *deriver* (``@deriver("interval")``):
+its ``eval`` for ``"eval"``, end-point mapping for monotone ops, the
+relaxation's lines for activations.  ``None`` means the op has no rule there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from .ops import OpDef
 
 F = TypeVar("F", bound=Callable)
 
 _RULES: dict[tuple[str, str], Callable] = {}
+_DERIVERS: dict[str, Callable[[OpDef], Callable | None]] = {}
+_DERIVED: dict[tuple[str, str], Callable | None] = {}
 
 
 def rule(ops: str | tuple[str, ...], domain: str) -> Callable[[F], F]:
-    """Register the decorated function as the rule for ``ops`` in ``domain``."""
+    """Register the decorated function as the explicit rule for ``ops`` in ``domain``."""
     names = (ops,) if isinstance(ops, str) else ops
 
     def register(fn: F) -> F:
@@ -29,16 +36,59 @@ def rule(ops: str | tuple[str, ...], domain: str) -> Callable[[F], F]:
             if key in _RULES:
                 raise ValueError(f"rule for op {op!r} in domain {domain!r} registered twice")
             _RULES[key] = fn
+            _DERIVED.pop(key, None)
         return fn
 
     return register
 
 
+def deriver(domain: str) -> Callable[[Callable[[OpDef], Callable | None]], Callable[[OpDef], Callable | None]]:
+    """Register the decorated ``make(opdef) -> rule or None`` as the way ``domain`` derives rules."""
+
+    def register(fn: Callable[[OpDef], Callable | None]) -> Callable[[OpDef], Callable | None]:
+        _DERIVERS[domain] = fn
+        return fn
+
+    return register
+
+
+def _load_domains() -> None:
+    """Import every rule library once (importing one registers its rules and deriver)."""
+    from . import backward, concrete, forward_linear, interval, ops  # noqa: F401
+
+
+@deriver("eval")
+def _eval(d: OpDef) -> Callable | None:
+    return d.eval
+
+
 def get_rule(op: str, domain: str) -> Callable | None:
-    """The rule for ``op`` in ``domain``, or ``None`` when there is none."""
-    return _RULES.get((op, domain))
+    """The rule for ``op`` in ``domain`` (explicit, else derived from the op table), or ``None``."""
+    fn = _RULES.get((op, domain))
+    if fn is not None:
+        return fn
+    key = (op, domain)
+    if key not in _DERIVED:
+        _load_domains()
+        from .ops import OPS
+
+        fn = _RULES.get(key)
+        if fn is not None:
+            return fn
+        d, make = OPS.get(op), _DERIVERS.get(domain)
+        _DERIVED[key] = make(d) if d is not None and make is not None else None
+    return _DERIVED[key]
+
+
+def forget(op: str) -> None:
+    """Drop the derived rules of ``op`` (called when the op table gains ``op``)."""
+    for key in [k for k in _DERIVED if k[0] == op]:
+        del _DERIVED[key]
 
 
 def ops_with_rule(domain: str) -> set[str]:
-    """All ops that have a rule in ``domain``."""
-    return {op for op, d in _RULES if d == domain}
+    """All ops that have a rule (explicit or derived) in ``domain``."""
+    _load_domains()
+    from .ops import OPS
+
+    return {op for op, d in _RULES if d == domain} | {op for op in OPS if get_rule(op, domain) is not None}

@@ -1,27 +1,44 @@
-"""Linear relaxations of activations, declared once per op.
+"""Linear relaxations of activations: the line functions the op table (:mod:`.ops`) refers to.
 
-For an elementwise activation ``f`` and pre-activation bounds ``l <= x <= u``
-a relaxation is a pair of lines with
+For an elementwise activation ``f`` and pre-activation bounds ``l <= x <= u`` a
+relaxation is a pair of lines with
 
     a_l * x + b_l  <=  f(x)  <=  a_u * x + b_u      for every x in [l, u].
 
-:func:`relax` returns those :class:`Lines` for any ``l <= u`` (elementwise),
-and the backward (CROWN / Fast-Lin / α) and forward rules all derive from it.
-The *mode* only changes the free choice of the ReLU-like lower slope:
+Every line function has the signature ``lines(l, u, mode, alpha, **attrs) -> Lines``
+and is sound for *any* ``l <= u`` and *any* ``alpha`` (it projects ``alpha`` into
+its sound range).  ``alpha`` has shape ``(k, *l.shape)`` (or broadcasts against
+it), ``k`` = :attr:`AlphaSpec.size` free parameters per neuron:
 
-* ``"crown"``: adaptive lower slope (1 if ``u > -l`` else 0 for ReLU),
-* ``"fast-lin"``: lower slope = upper slope (the Wong–Kolter fixed dual point),
-* ``alpha`` given: the lower slope of unstable neurons is ``alpha`` (clamped to
-  the sound range, e.g. [0, 1] for ReLU).
+* piecewise-linear ops (ReLU family): ``k = 1``, the free lower slope
+  (``[0, 1]`` for ReLU, ``[a, 1]`` for leaky ReLU with slope ``a <= 1``);
+* smooth ops (sigmoid, tanh, softsign, softplus, GELU, SiLU): ``k = 2``, the
+  tangent points of the upper (``alpha[0]``) and lower (``alpha[1]``) lines,
+  projected into ``[l, u]``.
 
-Every activation is non-decreasing, so every slope returned is >= 0.
+Without ``alpha`` the *mode* picks the default: :attr:`Mode.CROWN` (adaptive
+ReLU lower slope; for smooth ops the tangent / secant lines of the CROWN paper)
+or :attr:`Mode.FAST_LIN` (ReLU lower slope = upper slope).
+
+Smooth ops share one construction (:class:`Smooth`): a slope is chosen, and the
+intercept is the exact extreme of ``f(x) - s x`` over ``[l, u]`` — found from the
+convexity regions of ``f`` (bisection for ``f'(x) = s`` inside each region where
+that extreme is interior, end points and inflection points elsewhere) and
+rounded outward.  So every line touches ``f`` and is sound for every slope; the
+slope only decides tightness.  CROWN's slopes: tangent at the midpoint where
+``[l, u]`` lies in one concave (upper) / convex (lower) region, the secant in a
+convex (upper) / concave (lower) region, and across an inflection point the
+tangent through the opposite end point (or the secant), whichever encloses the
+least area.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -38,37 +55,34 @@ class Lines(NamedTuple):
     ub: Tensor
 
 
-@dataclass(frozen=True)
-class Activation:
-    """Declaration of one activation: its shape class and the function computing its lines.
+class Mode(str, enum.Enum):
+    """The default choice of the free relaxation parameters (the old strings compare equal)."""
 
-    ``kind`` is ``"piecewise-linear"`` (ReLU family: exact outside the kinks),
-    ``"s-shaped"`` (convex left of ``centre``, concave right, point-symmetric about
-    it) or ``"convex"``.  ``lines(l, u, mode, alpha, **attrs)`` returns :class:`Lines`.
+    CROWN = "crown"
+    FAST_LIN = "fast-lin"
+
+
+@dataclass(frozen=True)
+class AlphaSpec:
+    """The free parameters of a relaxation: ``size`` per neuron, ``init(l, u, **attrs)`` of shape
+    ``(size, *l.shape)`` gives the CROWN choice."""
+
+    size: int
+    init: Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """How an activation is relaxed.
+
+    ``lines(l, u, mode, alpha, **attrs) -> Lines`` (sound for any ``alpha``);
+    ``alpha``: its free parameters, or ``None``; ``interval(l, u, **attrs) -> (lo, hi)``:
+    the exact image of ``[l, u]`` for ops that are not monotone (``None``: map the end points).
     """
 
-    name: str
-    kind: str
-    monotone: bool
     lines: Callable[..., Lines]
-
-
-ACTIVATIONS: dict[str, Activation] = {}
-
-
-def declare(name: str, kind: str, monotone: bool = True) -> Callable[[Callable[..., Lines]], Callable[..., Lines]]:
-    """Register the decorated line function as the relaxation of activation ``name``."""
-
-    def register(fn: Callable[..., Lines]) -> Callable[..., Lines]:
-        ACTIVATIONS[name] = Activation(name, kind, monotone, fn)
-        return fn
-
-    return register
-
-
-def relax(op: str, l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None, **attrs) -> Lines:
-    """The relaxation lines of activation ``op`` on ``[l, u]`` (see module docstring)."""
-    return ACTIVATIONS[op].lines(l, u, mode, alpha, **attrs)
+    alpha: AlphaSpec | None = None
+    interval: Callable[..., tuple[Tensor, Tensor]] | None = None
 
 
 def _fp_slack(t: Tensor) -> Tensor:
@@ -78,10 +92,16 @@ def _fp_slack(t: Tensor) -> Tensor:
 
 # -- piecewise-linear activations ------------------------------------------------
 
+def _first(alpha: Tensor | None) -> Tensor | None:
+    """The first free parameter ``alpha[0]`` (``alpha`` of shape ``(k, *shape)``)."""
+    return None if alpha is None else alpha[0]
+
+
 def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos: float) -> Lines:
     """Lines of ``max(neg*x, pos*x)``-type functions with one kink at 0 (``neg <= pos``: convex).
 
-    Upper: the chord; lower: a line through the origin with slope in ``[neg, pos]``.
+    Upper: the chord; lower: a line through the origin with slope in ``[neg, pos]``
+    (``alpha`` without its ``k`` axis, clamped into that range).
     """
     unstable = (l < 0) & (u > 0)
     active = l >= 0
@@ -92,35 +112,55 @@ def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos
     ub = torch.where(unstable, fl - chord * l, torch.zeros_like(u))
     if alpha is not None:
         slope = alpha.clamp(neg, pos)
-    elif mode == "fast-lin":
+    elif mode == Mode.FAST_LIN:
         slope = chord
     else:  # adaptive (CROWN): the steeper side when u > -l
-        slope = torch.where(u > -l, torch.full_like(u, pos), torch.full_like(u, neg))
+        slope = _adaptive(l, u, neg, pos)
     lw = torch.where(unstable, slope, uw)
     return Lines(lw, torch.zeros_like(u), uw, ub)
 
 
-@declare("relu", "piecewise-linear")
-def relu_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None) -> Lines:
-    """ReLU: upper chord through (l, 0), (u, u); lower slope adaptive / Fast-Lin / α in [0, 1]."""
-    return _kink(l, u, mode, alpha, 0.0, 1.0)
+def _adaptive(l: Tensor, u: Tensor, neg: float, pos: float) -> Tensor:
+    """CROWN's adaptive lower slope of a kink at 0: ``pos`` if ``u > -l`` else ``neg``."""
+    return torch.where(u > -l, torch.full_like(u, pos), torch.full_like(u, neg))
 
 
-@declare("leaky_relu", "piecewise-linear")
-def leaky_relu_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None, *,
+def relu_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None) -> Lines:
+    """ReLU: upper chord through (l, 0), (u, u); lower slope adaptive / Fast-Lin / ``alpha[0]`` in [0, 1]."""
+    return _kink(l, u, mode, _first(alpha), 0.0, 1.0)
+
+
+def relu_alpha_init(l: Tensor, u: Tensor) -> Tensor:
+    """CROWN's lower slope of ReLU (1 iff ``u > -l``), shape ``(1, *l.shape)``."""
+    return _adaptive(l, u, 0.0, 1.0).unsqueeze(0)
+
+
+def leaky_relu_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, *,
                      negative_slope: float) -> Lines:
-    """Leaky ReLU (slope ``a >= 0``): convex for ``a <= 1`` (chord above), concave otherwise (mirrored)."""
+    """Leaky ReLU (slope ``a >= 0``): convex for ``a <= 1`` (chord above), concave otherwise (mirrored).
+
+    ``alpha[0]`` is the free slope: of the lower line in ``[a, 1]`` (``a <= 1``), of the upper line in
+    ``[1, a]`` otherwise.
+    """
     a = float(negative_slope)
     if a <= 1:
-        return _kink(l, u, mode, alpha, a, 1.0)
-    lo = _kink(-u, -l, mode, alpha, 1.0, a)  # lines of g(y) = max(y, a y) on [-u, -l]; f(x) = -g(-x)
+        return _kink(l, u, mode, _first(alpha), a, 1.0)
+    lo = _kink(-u, -l, mode, _first(alpha), 1.0, a)  # lines of g(y) = max(y, a y) on [-u, -l]; f(x) = -g(-x)
     return Lines(lo.uw, -lo.ub, lo.lw, -lo.lb)
 
 
-@declare("hardtanh", "piecewise-linear")
-def hardtanh_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None, *,
+def leaky_relu_alpha_init(l: Tensor, u: Tensor, *, negative_slope: float) -> Tensor:
+    """CROWN's free slope of leaky ReLU, shape ``(1, *l.shape)``."""
+    a = float(negative_slope)
+    s = _adaptive(l, u, a, 1.0) if a <= 1 else _adaptive(-u, -l, 1.0, a)
+    return s.unsqueeze(0)
+
+
+def hardtanh_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, *,
                    min_val: float, max_val: float) -> Lines:
-    """Clamp to ``[lo, hi]``: exact in each piece; one kink crossed: ReLU-like; both: two sound chords."""
+    """Clamp to ``[lo, hi]``: exact in each piece; one kink crossed: ReLU-like (``alpha[0]`` the free slope
+    in [0, 1]); both: two sound chords."""
+    alpha = _first(alpha)
     lo = torch.full_like(l, min_val) if math.isfinite(min_val) else l - 1
     hi = torch.full_like(u, max_val) if math.isfinite(max_val) else u + 1
     zero, one = torch.zeros_like(l), torch.ones_like(l)
@@ -151,79 +191,232 @@ def hardtanh_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | No
     return Lines(lw, lb, uw, ub)
 
 
-# -- curved activations ------------------------------------------------------------
+def hardtanh_alpha_init(l: Tensor, u: Tensor, *, min_val: float, max_val: float) -> Tensor:
+    """CROWN's free slope of hardtanh (the adaptive slope of whichever kink is crossed), ``(1, *l.shape)``."""
+    lo = torch.full_like(l, min_val) if math.isfinite(min_val) else l - 1
+    hi = torch.full_like(u, max_val) if math.isfinite(max_val) else u + 1
+    upper_kink = (l >= lo) & (l < hi) & (u > hi)
+    s = torch.where(upper_kink, _adaptive(hi - u, hi - l, 0.0, 1.0), _adaptive(l - lo, u - lo, 0.0, 1.0))
+    return s.unsqueeze(0)
 
-def _tangent(f: Callable, df: Callable, d: Tensor) -> tuple[Tensor, Tensor]:
-    """Slope and intercept of the tangent of ``f`` at ``d``."""
-    s = df(d)
-    return s, f(d) - s * d
+
+# -- smooth activations ------------------------------------------------------------
+
+#: Bisection steps for tangent points and for the extremes of f(x) - s x.
+_ITERS = 30
 
 
-def _chord(f: Callable, df: Callable, l: Tensor, u: Tensor, curv: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Chord of ``f`` over [l, u]; for tiny widths the midpoint tangent plus a curvature slack.
+@dataclass(frozen=True)
+class Smooth:
+    """A smooth scalar function by its convexity regions (the data the generic relaxation needs).
 
-    Returns ``(slope, intercept, slack)``: ``|f - (slope x + intercept)| <= slack`` bounds the
-    error of the fallback (``curv`` = max |f''|).
+    ``f``, ``df``: the function and its derivative (elementwise, any dtype);
+    ``inflections``: the sorted points where the convexity changes; ``convex_first``:
+    convex on ``(-inf, inflections[0]]``; ``slack``: an absolute error of the op's
+    eval function against ``f`` (softplus's threshold); ``argmin`` / ``minimum``: the
+    global minimiser and minimum of a non-monotone (unimodal) ``f``.
     """
-    w = u - l
-    tiny = w < 1e-4
-    den = torch.where(tiny, torch.ones_like(w), w)
-    s = torch.where(tiny, df((l + u) / 2), (f(u) - f(l)) / den)
-    b = torch.where(tiny, f((l + u) / 2) - s * (l + u) / 2, f(l) - s * l)
-    slack = torch.where(tiny, curv * w * w / 8, torch.zeros_like(w))
-    return s, b, slack
+
+    f: Callable[[Tensor], Tensor]
+    df: Callable[[Tensor], Tensor]
+    inflections: tuple[float, ...] = ()
+    convex_first: bool = True
+    slack: float = 0.0
+    eval_ulps: float = 0.0
+    monotone: bool = True
+    argmin: float | None = None
+    minimum: float | None = None
+
+    def regions(self, concave: bool) -> list[tuple[float, float]]:
+        """The maximal intervals on which ``f`` is concave (``concave``) or convex."""
+        edges = (-math.inf, *self.inflections, math.inf)
+        out = []
+        for i in range(len(edges) - 1):
+            is_convex = self.convex_first == (i % 2 == 0)
+            if is_convex != concave:
+                out.append((edges[i], edges[i + 1]))
+        return out
 
 
-def _s_upper(f: Callable, df: Callable, l: Tensor, u: Tensor, curv: float,
-             iters: int = 30) -> tuple[Tensor, Tensor]:
-    """A sound upper line on [l, u] of an S-shaped ``f`` (convex on x<0, concave on x>0).
+class _Side:
+    """One side of a relaxation as an *upper* line problem: ``F = sign * f`` (lower lines of ``f`` are
+    upper lines of ``-f``); ``caps`` are the regions where ``F`` is concave."""
 
-    * ``l >= 0`` (concave): tangent at the midpoint.
-    * ``u <= 0`` (convex): the chord.
-    * mixed: the tangent at ``d >= 0`` that passes above ``(l, f(l))`` (it then lies above ``f``
-      on ``[l, inf)``), found by bisection keeping the sound end; the chord if the tangent at
-      ``u`` already passes below ``f(l)`` (then the chord is above ``f``).
+    def __init__(self, fn: Smooth, sign: float) -> None:
+        self.fn, self.sign = fn, sign
+        self.caps = fn.regions(concave=sign > 0)
+
+    def F(self, x: Tensor) -> Tensor:
+        return self.sign * self.fn.f(x)
+
+    def dF(self, x: Tensor) -> Tensor:
+        return self.sign * self.fn.df(x)
+
+
+def _bisect(fn: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, increasing: bool) -> tuple[Tensor, Tensor]:
+    """A bracket ``[lo, hi]`` of the root of a monotone ``fn`` on ``[lo, hi]`` (an end point if none)."""
+    for _ in range(_ITERS):
+        mid = (lo + hi) / 2
+        right = (fn(mid) < 0) if increasing else (fn(mid) > 0)  # the root lies right of mid
+        lo = torch.where(right, mid, lo)
+        hi = torch.where(right, hi, mid)
+    return lo, hi
+
+
+def _piece(l: Tensor, u: Tensor, region: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
+    """``[l, u]`` intersected with ``region``: ``(a, b, non-empty)`` (``a = b = l`` where empty)."""
+    a, b = l.clamp(min=region[0]), u.clamp(max=region[1])
+    ok = a <= b
+    return torch.where(ok, a, l), torch.where(ok, b, l), ok
+
+
+def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    """An upper bound on ``max over [l, u] of F(x) - s x``, tight up to rounding.
+
+    The maximum lies at an end point, at an inflection point, or where ``F' = s`` in a region where
+    ``F`` is concave; there ``F - s x`` is concave, so its tangents at the ends of the bisection
+    bracket bound it on the whole bracket.
+    """
+
+    def gap(x: Tensor) -> Tensor:
+        return side.F(x) - s * x
+
+    best = torch.maximum(gap(l), gap(u))
+    for p in side.fn.inflections:
+        best = torch.maximum(best, gap(torch.minimum(torch.maximum(l.new_tensor(p).expand_as(l), l), u)))
+    for region in side.caps:
+        a, b, ok = _piece(l, u, region)
+        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False)
+        # on the bracket the concave gap lies below its tangents at lo and at hi: bound it by their meeting point
+        glo, ghi = gap(lo), gap(hi)
+        slo, shi = side.dF(lo) - s, side.dF(hi) - s
+        t = ((ghi - glo - shi * (hi - lo)) / torch.where(slo > shi, slo - shi, torch.ones_like(slo)))
+        meet = glo + slo * torch.minimum(t.clamp(min=0), hi - lo)
+        cand = torch.where(slo <= 0, glo, torch.where(shi >= 0, ghi, meet))
+        cand = torch.maximum(cand, torch.maximum(glo, ghi))
+        best = torch.where(ok, torch.maximum(best, cand), best)
+    return best
+
+
+def _through(side: _Side, x0: Tensor, l: Tensor, u: Tensor, region: tuple[float, float], right: bool) -> Tensor:
+    """The tangent point ``d`` in ``region ∩ [l, u]`` whose tangent of ``F`` passes through ``(x0, F(x0))``.
+
+    On a concave region ``h(d) = F(d) + F'(d)(x0 - d) - F(x0)`` is increasing right of ``x0`` (``x0 = l``,
+    ``right``) and decreasing left of it (``x0 = u``): bisection; an end point where there is no root.
+    """
+    a, b, _ = _piece(l, u, region)
+    f0 = side.F(x0)
+
+    def h(d: Tensor) -> Tensor:
+        return side.F(d) + side.dF(d) * (x0 - d) - f0
+
+    lo, hi = _bisect(h, a, b, increasing=right)
+    return hi if right else lo
+
+
+def _slope_at(side: _Side, d: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    """The slope of ``F``'s tangent at ``d`` projected into ``[l, u]``."""
+    return side.dF(torch.minimum(torch.maximum(d, l), u))
+
+
+def _crown_slope(side: _Side, l: Tensor, u: Tensor, want_point: bool = False) -> tuple[Tensor, Tensor | None]:
+    """CROWN's upper-line slope of ``F`` on ``[l, u]`` and (``want_point``) the tangent point that gives it.
+
+    Candidates: the tangent at the midpoint, the secant, and in every concave region the tangents through
+    ``(l, F(l))`` and ``(u, F(u))``; the one whose (exactly lifted) line is lowest at the midpoint wins.
+    On one concave region that is the midpoint tangent, on one convex region the secant.
     """
     m = (l + u) / 2
-    ts, tb = _tangent(f, df, m)
-    cs, cb, slack = _chord(f, df, l, u, curv)
-    # mixed case
-    lm = torch.minimum(l, torch.zeros_like(l))
-    um = torch.maximum(u, torch.zeros_like(u))
-    fl = f(lm)
-
-    def h(d: Tensor) -> Tensor:  # >= 0  <=>  tangent at d is above f at l
-        s, b = _tangent(f, df, d)
-        return s * lm + b - fl
-
-    lo, hi = torch.zeros_like(u), um.clone()
-    use_chord = h(um) < 0
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        ok = h(mid) >= 0
-        hi = torch.where(ok, mid, hi)
-        lo = torch.where(ok, lo, mid)
-    ms, mb = _tangent(f, df, hi)
-    mcs, mcb, mslack = _chord(f, df, lm, um, curv)
-    mixed_s = torch.where(use_chord, mcs, ms)
-    mixed_b = torch.where(use_chord, mcb + mslack, mb)
-    # a tangent that only reaches f(l) up to rounding: lift it by the residual
-    mixed_b = mixed_b + torch.where(use_chord, torch.zeros_like(u), (-h(hi)).clamp(min=0))
-    concave, convex = l >= 0, u <= 0
-    s = torch.where(concave, ts, torch.where(convex, cs, mixed_s))
-    b = torch.where(concave, tb, torch.where(convex, cb + slack, mixed_b))
-    return s, b + _fp_slack(b) + _fp_slack(s * torch.maximum(l.abs(), u.abs()))
+    w = u - l
+    secant = torch.where(w > 0, (side.F(u) - side.F(l)) / torch.where(w > 0, w, torch.ones_like(w)), side.dF(m))
+    cands: list[tuple[Tensor, Tensor | None]] = [(side.dF(m), m), (secant, None)]
+    for region in side.caps:
+        for x0, right in ((l, True), (u, False)):
+            d = _through(side, x0, l, u, region, right)
+            cands.append((side.dF(d), d))
+    best_s = best_v = best_d = None
+    for s, d in cands:
+        v = s * m + _max_gap(side, s, l, u)
+        if want_point and d is None:
+            d = _point_of_slope(side, s, l, u)
+        if best_v is None:
+            best_s, best_v, best_d = s, v, d
+            continue
+        better = v < best_v
+        best_s, best_v = torch.where(better, s, best_s), torch.where(better, v, best_v)
+        if want_point:
+            best_d = torch.where(better, d, best_d)
+    # tiny boxes: the secant is rounding noise; the midpoint tangent is as tight as any line there
+    tiny = w <= 1e-4 * (1 + m.abs())
+    best_s = torch.where(tiny, side.dF(m), best_s)
+    if want_point:
+        best_d = torch.where(tiny, m, best_d)
+    return best_s, best_d
 
 
-def _s_shaped(f: Callable, df: Callable, centre_value: float, curv: float, l: Tensor, u: Tensor) -> Lines:
-    """Lines of an S-shaped ``f`` point-symmetric about ``(0, c)``: ``f(x) = 2c - f(-x)``.
+def _point_of_slope(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    """A point ``d`` in ``[l, u]`` with ``F'(d) = s`` (``F'`` is monotone on each convexity region)."""
+    edges = (-math.inf, *side.fn.inflections, math.inf)
+    d = (l + u) / 2
+    err = (side.dF(d) - s).abs()
+    for i in range(len(edges) - 1):
+        a, b, ok = _piece(l, u, (edges[i], edges[i + 1]))
+        dec = (edges[i], edges[i + 1]) in side.caps  # F' decreasing where F is concave
+        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=not dec)
+        x = (lo + hi) / 2
+        e = (side.dF(x) - s).abs()
+        take = ok & (e < err)
+        d, err = torch.where(take, x, d), torch.where(take, e, err)
+    return d
 
-    The lower line on [l, u] is the reflection of the upper line on [-u, -l].
-    """
-    us, ub = _s_upper(f, df, l, u, curv)
-    ls, lb = _s_upper(f, df, -u, -l, curv)
-    return Lines(ls, 2 * centre_value - lb, us, ub)
 
+def _line(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
+    """The sound intercept (of ``F``'s upper line of slope ``s``), rounded outward."""
+    b = _max_gap(side, s, l, u)
+    reach = torch.maximum(l.abs(), u.abs())
+    eps = torch.finfo(b.dtype).eps
+    return (b + _fp_slack(b) + _fp_slack(s * reach) + eps * (side.F(l).abs() + side.F(u).abs()) + side.fn.slack
+            + side.fn.eval_ulps * eps * (1 + reach))
+
+
+def smooth_lines(fn: Smooth, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> Lines:
+    """Lines of a smooth ``f`` on ``[l, u]``: CROWN's slopes, or the tangents at ``alpha[0]`` (upper) and
+    ``alpha[1]`` (lower) projected into ``[l, u]``; intercepts exact (see module docstring)."""
+    up, low = _Side(fn, 1.0), _Side(fn, -1.0)
+    if alpha is None:
+        us, _ = _crown_slope(up, l, u)
+        ls, _ = _crown_slope(low, l, u)
+    else:
+        us, ls = _slope_at(up, alpha[0], l, u), _slope_at(low, alpha[1], l, u)
+    if fn.monotone:  # rounding can tip a flat secant below 0; any slope is sound (exact intercepts)
+        us, ls = us.clamp(min=0), ls.clamp(max=0)
+    ub = _line(up, us, l, u)
+    lb = _line(low, ls, l, u)
+    return Lines(-ls, -lb, us, ub)
+
+
+def smooth_alpha_init(fn: Smooth, l: Tensor, u: Tensor) -> Tensor:
+    """The tangent points (upper, lower) of CROWN's lines, shape ``(2, *l.shape)``."""
+    _, du = _crown_slope(_Side(fn, 1.0), l, u, want_point=True)
+    _, dl = _crown_slope(_Side(fn, -1.0), l, u, want_point=True)
+    return torch.stack(torch.broadcast_tensors(du, dl))
+
+
+def unimodal_interval(fn: Smooth, eval_fn: Callable[[Tensor], Tensor], l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """Exact image of ``[l, u]`` under a function decreasing left of ``fn.argmin``, increasing right of it
+    (widened by the eval function's rounding error ``fn.eval_ulps``)."""
+    fl, fu = eval_fn(l), eval_fn(u)
+    lo, hi = torch.minimum(fl, fu), torch.maximum(fl, fu)
+    inside = (l <= fn.argmin) & (u >= fn.argmin)
+    fmin = torch.full_like(lo, fn.minimum)
+    lo = torch.where(inside, torch.minimum(lo, fmin - _fp_slack(fmin)), lo)
+    if fn.eval_ulps:
+        err = fn.eval_ulps * torch.finfo(lo.dtype).eps * (1 + torch.maximum(l.abs(), u.abs()))
+        lo, hi = lo - err, hi + err
+    return lo, hi
+
+
+# -- the smooth functions --------------------------------------------------------------------
 
 def _dsigmoid(x: Tensor) -> Tensor:
     s = torch.sigmoid(x)
@@ -234,37 +427,131 @@ def _dtanh(x: Tensor) -> Tensor:
     return 1 - torch.tanh(x) ** 2
 
 
-@declare("sigmoid", "s-shaped")
-def sigmoid_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None) -> Lines:
-    """Sigmoid: chord / tangent lines by convexity region, tangents through an end point when mixed."""
-    return _s_shaped(torch.sigmoid, _dsigmoid, 0.5, 0.1, l, u)
+def _softsign(x: Tensor) -> Tensor:
+    return x / (1 + x.abs())
 
 
-@declare("tanh", "s-shaped")
-def tanh_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None) -> Lines:
-    """tanh: as sigmoid (point-symmetric about the origin)."""
-    return _s_shaped(torch.tanh, _dtanh, 0.0, 0.8, l, u)
+def _dsoftsign(x: Tensor) -> Tensor:
+    return 1 / (1 + x.abs()) ** 2
 
 
-@declare("softplus", "convex")
-def softplus_lines(l: Tensor, u: Tensor, mode: str = "crown", alpha: Tensor | None = None, *,
-                   beta: float, threshold: float) -> Lines:
-    """Softplus (convex): upper = chord, lower = tangent at the midpoint (or at ``alpha`` in [l, u])."""
+def _dsilu(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+_SQRT1_2 = 1 / math.sqrt(2)
+_GELU_K = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+
+
+def _gelu_erf(x: Tensor) -> Tensor:
+    return F.gelu(x)
+
+
+def _dgelu_erf(x: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(x * _SQRT1_2)) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _dgelu_tanh(x: Tensor) -> Tensor:
+    t = torch.tanh(_GELU_K * (x + _GELU_C * x ** 3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_K * (1 + 3 * _GELU_C * x * x)
+
+
+def _root64(fn: Callable[[Tensor], Tensor], a: float, b: float) -> float:
+    """The root of ``fn`` in ``[a, b]`` (a sign change there), in float64."""
+    lo, hi = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    flo = float(fn(lo))
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if (float(fn(mid)) > 0) == (flo > 0):
+            lo = mid
+        else:
+            hi = mid
+    return float((lo + hi) / 2)
+
+
+def _d2(df: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The second derivative by autograd (float64, used once per function to find inflection points)."""
+
+    def d2(x: Tensor) -> Tensor:
+        x = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(df(x), x)
+        return g.detach()
+
+    return d2
+
+
+def _unimodal(f: Callable, df: Callable, left: tuple[float, float], right: tuple[float, float],
+              at_min: tuple[float, float], eval_ulps: float = 0.0) -> Smooth:
+    """A concave–convex–concave function with one minimum (GELU, SiLU), its constants found numerically."""
+    d2 = _d2(df)
+    p1, p2 = _root64(d2, *left), _root64(d2, *right)
+    xm = _root64(df, *at_min)
+    fmin = float(f(torch.tensor(xm, dtype=torch.float64)))
+    return Smooth(f, df, (p1, p2), convex_first=False, eval_ulps=eval_ulps, monotone=False, argmin=xm,
+                  minimum=fmin)
+
+
+SIGMOID = Smooth(torch.sigmoid, _dsigmoid, (0.0,))
+TANH = Smooth(torch.tanh, _dtanh, (0.0,))
+SOFTSIGN = Smooth(_softsign, _dsoftsign, (0.0,))
+SILU = _unimodal(F.silu, _dsilu, (-3.0, -2.0), (2.0, 3.0), (-2.0, -1.0))
+GELU = {"none": _unimodal(_gelu_erf, _dgelu_erf, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=16),
+        "tanh": _unimodal(_gelu_tanh, _dgelu_tanh, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=16)}
+
+
+@cache
+def softplus_fn(beta: float, threshold: float) -> Smooth:
+    """Softplus ``log(1 + exp(beta x)) / beta`` (convex); the eval function switches to ``x`` above
+    ``threshold / beta``, a jump of at most ``log1p(exp(-threshold)) / beta`` (the slack)."""
 
     def f(x: Tensor) -> Tensor:
-        return F.softplus(x, beta, threshold)
+        return x.clamp(min=0) + torch.log1p(torch.exp(-beta * x.abs())) / beta
 
     def df(x: Tensor) -> Tensor:
         return torch.sigmoid(beta * x)
 
-    d = (l + u) / 2 if alpha is None else torch.maximum(torch.minimum(alpha, u), l)
-    ls, lb = _tangent(f, df, d)
-    cs, cb, slack = _chord(f, df, l, u, beta / 4)
-    # F.softplus switches to x above the threshold: a jump of at most log1p(exp(-threshold))/beta
-    jump = math.log1p(math.exp(-threshold)) / beta
-    lb = lb - jump - _fp_slack(lb) - _fp_slack(ls * torch.maximum(l.abs(), u.abs()))
-    ub = cb + slack + jump + _fp_slack(cb) + _fp_slack(cs * torch.maximum(l.abs(), u.abs()))
-    return Lines(ls, lb, cs, ub)
+    return Smooth(f, df, (), convex_first=True, slack=math.log1p(math.exp(-threshold)) / beta)
 
 
-__all__ = ["ACTIVATIONS", "Activation", "Lines", "declare", "relax"]
+def _smooth(fn_of: Callable[..., Smooth]) -> tuple[Callable[..., Lines], Callable[..., Tensor]]:
+    """``(lines, alpha init)`` of a smooth op whose :class:`Smooth` is ``fn_of(**attrs)``."""
+
+    def lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, **attrs) -> Lines:
+        return smooth_lines(fn_of(**attrs), l, u, alpha)
+
+    def init(l: Tensor, u: Tensor, **attrs) -> Tensor:
+        return smooth_alpha_init(fn_of(**attrs), l, u)
+
+    return lines, init
+
+
+def smooth_relaxation(fn_of: Callable[..., Smooth], eval_fn: Callable[..., Tensor] | None = None) -> Relaxation:
+    """The :class:`Relaxation` of a smooth op (``k = 2`` tangent points); with ``eval_fn`` (the op's concrete
+    function) an exact interval rule for a unimodal (non-monotone) op."""
+    lines, init = _smooth(fn_of)
+    interval = None
+    if eval_fn is not None:
+        def interval(l: Tensor, u: Tensor, **attrs) -> tuple[Tensor, Tensor]:
+            return unimodal_interval(fn_of(**attrs), lambda x: eval_fn(x, **attrs), l, u)
+    return Relaxation(lines, AlphaSpec(2, init), interval)
+
+
+def relax(op: str, l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, **attrs) -> Lines:
+    """The relaxation lines of activation ``op`` on ``[l, u]`` (from the op table)."""
+    from .ops import opdef
+
+    r = opdef(op).relaxation
+    if r is None:
+        raise ValueError(f"op {op!r} has no relaxation")
+    return r.lines(l, u, mode, alpha, **attrs)
+
+
+__all__ = ["AlphaSpec", "Lines", "Mode", "Relaxation", "Smooth", "relax", "smooth_alpha_init", "smooth_lines",
+           "smooth_relaxation", "softplus_fn"]
