@@ -21,7 +21,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text or "(default" in text:
+        default = action.default
+        if (default is None or default is argparse.SUPPRESS or isinstance(default, bool) or default in ("", ())
+                or "%(default)" in text or "(default" in text):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return text + " (default: %(default)s)"
