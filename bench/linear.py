@@ -33,7 +33,7 @@ def run_one(model: str, method: str, batch: int, eps: float) -> dict:
     x = torch.rand(batch, 1, 28, 28)
     with torch.no_grad():
         C = boundc.margin_spec(m(x).argmax(1), 10)
-    opts = CompileOptions(linear=LinearOptions(alpha_iterations=20, intersect_ibp=True, chunk_size=64))
+    opts = CompileOptions(linear=LinearOptions(alpha_iterations=20))
     bm = boundc.compile(m, x[:2], method=method, options=opts)
     xl, xu = boundc.linf_box(x, eps)
     with torch.no_grad():

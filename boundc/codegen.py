@@ -135,22 +135,19 @@ def build(g: Graph, name: str, options: CompileOptions) -> fx.GraphModule:
     return em.finish(lower, upper)
 
 
-def emit_interval(em: Emitter, upto: set[str] | None = None) -> dict[str, fx.Node]:
-    """Emit interval (IBP) rules for every perturbed node (or those in ``upto``).
+def emit_interval_node(em: Emitter, n: Node) -> fx.Node:
+    """Emit the interval (IBP) rule of one perturbed node from the current values of its inputs."""
+    if n.op == "input":
+        v = em.call(get_rule("input", "interval"), (em.inputs["x_lower"], em.inputs["x_upper"]), name="x")
+    else:
+        v = em.call(get_rule(n.op, "interval"), tuple(em.arg(i) for i in n.inputs), n.attrs, name=n.name)
+    em.values[n.name] = v
+    return v
 
-    Returns the fx value of each perturbed node (an :class:`Interval` at run time).
-    """
-    g = em.g
-    for n in g:
-        if upto is not None and n.name not in upto:
-            continue
-        if n.op == "input":
-            em.values[n.name] = em.call(get_rule("input", "interval"), (em.inputs["x_lower"], em.inputs["x_upper"]),
-                                        name="x")
-        elif n.perturbed:
-            fn = get_rule(n.op, "interval")
-            em.values[n.name] = em.call(fn, tuple(em.arg(i) for i in n.inputs), n.attrs, name=n.name)
-    return {n.name: em.values[n.name] for n in g if n.perturbed and n.name in em.values}
+
+def emit_interval(em: Emitter) -> dict[str, fx.Node]:
+    """Emit interval (IBP) rules for every perturbed node; returns their fx values (Intervals at run time)."""
+    return {n.name: emit_interval_node(em, n) for n in em.g if n.perturbed}
 
 
 def output_bounds(em: Emitter) -> tuple[fx.Node, fx.Node]:
@@ -170,4 +167,4 @@ def ibp(em: Emitter, options: CompileOptions) -> tuple[fx.Node, fx.Node]:
     return output_bounds(em)
 
 
-__all__ = ["Emitter", "Interval", "build", "emit_interval", "method", "methods", "output_bounds"]
+__all__ = ["Emitter", "Interval", "build", "emit_interval", "emit_interval_node", "method", "methods", "output_bounds"]

@@ -12,18 +12,21 @@ from chunked backward passes, each a generated sub-module ``walk_<node>``
 
 from __future__ import annotations
 
+import math
 import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch.fx as fx
 
-from boundc.codegen import Emitter, _ident, emit_interval, method
+from boundc.codegen import Emitter, _ident, emit_interval_node, method
 from boundc.ir import Graph
 from boundc.options import CompileOptions
 from boundc.passes.graph.planning import NONLINEAR, ancestors, plan_bounds
 from boundc.passes.rules import backward as bw
-from boundc.passes.rules import engine
+from boundc.passes.rules import engine, patches
 from boundc.passes.rules import forward_linear as fw  # noqa: F401
-from boundc.passes.rules.interval import input_box
+from boundc.passes.rules.engine import relaxation_kinks
 from boundc.passes.rules.registry import get_rule
 
 DOMAIN = "backward"
@@ -33,11 +36,31 @@ def _shape(g: Graph, name: str | None) -> tuple[int, ...] | None:
     return None if name is None else tuple(g[name].shape[1:])
 
 
+@dataclass(frozen=True)
+class WalkForm:
+    """The form a backward pass's coefficients take: the rule domain and its two structural helpers."""
+
+    domain: str
+    concretize: Callable
+    add: Callable
+
+
+DENSE = WalkForm("backward", bw.concretize, bw.add_coeffs)
+PATCHES = WalkForm("patches", patches.concretize, patches.add_patches)
+
+
+def _rule(op: str, form: WalkForm) -> Callable:
+    fn = get_rule(op, form.domain)
+    if fn is None and form is PATCHES:
+        fn = patches.activation_rule(op)
+    return fn
+
+
 def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node], mode: str,
-              alphas: dict[str, fx.Node] | None = None) -> fx.Node:
+              alphas: dict[str, fx.Node] | None = None, form: WalkForm = DENSE) -> fx.Node:
     """Emit one backward pass from ``root`` (state ``start``) to the input; returns its concretised Interval.
 
-    Contributions of several users of a node are summed (``add_coeffs``).
+    Contributions of several users of a node are summed (``form.add``).
     """
     g = em.g
     order = ancestors(g, root)
@@ -46,8 +69,8 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
         n = g[name]
         state = pending.pop(name)
         if n.op == "input":
-            return em.call(bw.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
-        fn = get_rule(n.op, DOMAIN)
+            return em.call(form.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
+        fn = _rule(n.op, form)
         args = [None if i is None else (bounds.get(i, "perturbed") if g[i].perturbed else em.arg(i)) for i in n.inputs]
         kwargs = dict(n.attrs, in_shapes=tuple(_shape(g, i) for i in n.inputs))
         if n.op in NONLINEAR and n.op != "max_pool2d":
@@ -59,8 +82,24 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
             if i is None or not g[i].perturbed:
                 continue
             part = em.call(operator.getitem, (res, k), name=f"A_{i}")
-            pending[i] = part if i not in pending else em.call(bw.add_coeffs, (pending[i], part), name=f"A_{i}")
+            pending[i] = part if i not in pending else em.call(form.add, (pending[i], part), name=f"A_{i}")
     raise AssertionError(f"backward pass from {root!r} never reached the input")
+
+
+def patches_walk_ok(g: Graph, root: str) -> bool:
+    """Whether a backward pass from ``root`` can run in patches form: feature maps all the way to the input,
+    and every op on the way has a patches rule (or is an activation) that covers its attributes."""
+    for name in ancestors(g, root):
+        n = g[name]
+        if len(n.shape) != 4:
+            return False
+        if n.op == "input":
+            continue
+        if get_rule(n.op, PATCHES.domain) is None and n.op not in NONLINEAR - {"max_pool2d"}:
+            return False
+        if not patches.supports(n.op, n.attrs, [None if i is None else g[i] for i in n.inputs], n):
+            return False
+    return True
 
 
 def _walk_bounds_needed(g: Graph, root: str) -> list[str]:
@@ -73,7 +112,7 @@ def _walk_bounds_needed(g: Graph, root: str) -> list[str]:
     return need
 
 
-def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False
+def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: WalkForm = DENSE
                ) -> tuple[fx.GraphModule, tuple[str, ...], dict[str, str], dict[str, str]]:
     """A generated module running one backward pass from ``root``.
 
@@ -93,7 +132,7 @@ def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False
             if g[name].op == "relu":
                 p = sub.fx.placeholder("alpha_" + _ident(name), default_value=None)
                 aph[name], amap[p.target] = p, g[name].inputs[0]
-    res = emit_walk(sub, root, start, bph, "crown" if with_alpha else mode, aph if with_alpha else None)
+    res = emit_walk(sub, root, start, bph, "crown" if with_alpha else mode, aph if with_alpha else None, form)
     gm = sub.finish(sub.attr(res, "lower"), sub.attr(res, "upper"))
     gm.__class__.__name__ = "BackwardWalk"
     names = tuple(n.target for n in gm.graph.nodes if n.op == "placeholder")
@@ -119,29 +158,67 @@ def _module(em: Emitter, base: str, mod: fx.GraphModule) -> fx.Node:
     return em.fx.get_attr(target)
 
 
+#: Coefficient entries one chunk of backward rows may hold (``batch × rows × entries per row``).
+ROW_BUDGET = 1 << 25
+
+
+def _kinks(g: Graph, name: str) -> tuple[float, ...] | None:
+    """Break points of the piecewise-linear users of ``name`` (``None`` when a user is curved)."""
+    kinks: set[float] = set()
+    for n in g:
+        if name not in n.inputs or not n.perturbed:
+            continue
+        k = relaxation_kinks(n.op, n.attrs)
+        if k is None:
+            return None
+        kinks.update(k)
+    return tuple(sorted(kinks))
+
+
+def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interval: fx.Node,
+                     bounds: dict[str, fx.Node]) -> fx.Node:
+    """Emit the chunked backward passes that bound node ``p.node`` (a :class:`BoundPlan` with ``how="backward"``)."""
+    g = em.g
+    start = engine.Start(p.start)
+    form = DENSE
+    if start is engine.Start.IDENTITY and options.linear.patches and patches_walk_ok(g, p.root):
+        start, form = engine.Start.PATCHES, PATCHES
+    walk, names, bmap, _ = build_walk(g, p.root, mode, form=form)
+    wnode = _module(em, "walk_" + _ident(p.node), walk)
+    widest = max(math.prod(g[a].shape[1:]) for a in ancestors(g, p.root))
+    kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=_kinks(g, p.node),
+              row_elems=widest // (8 if form is PATCHES else 1), budget=options.linear.chunk_budget or ROW_BUDGET,
+              intersect=options.linear.intersect_ibp)
+    if start is engine.Start.LINEAR:
+        n = g[p.node]
+        kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
+    return em.call(engine.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
+                   name=f"bounds_{p.node}")
+
+
 def emit_intermediate(em: Emitter, options: CompileOptions, mode: str, intermediate: str) -> dict[str, fx.Node]:
-    """Emit the intermediate bounds the backward passes need (IBP, input box, or chunked backward passes)."""
-    g, lo = em.g, options.linear
-    plans = plan_bounds(g, backward=intermediate == "backward")
-    ivals = emit_interval(em) if plans else {}
+    """Emit the intermediate bounds the backward passes need, in topological order.
+
+    Every perturbed node gets its interval (IBP) from the *tightened* bounds
+    before it; where a backward bound is planned it is computed for the neurons
+    that interval leaves undecided and then replaces the interval downstream.
+    """
+    g = em.g
+    plans = {p.node: p for p in plan_bounds(g, backward=intermediate == "backward")}
     bounds: dict[str, fx.Node] = {}
-    for p in plans:
-        if p.how == "input":
-            bounds[p.node] = em.call(input_box, (em.inputs["x_lower"], em.inputs["x_upper"]), name="x")
-        elif p.how == "ibp":
-            bounds[p.node] = ivals[p.node]
-        else:
-            walk, names, bmap, _ = build_walk(g, p.root, mode)
-            wnode = _module(em, "walk_" + _ident(p.node), walk)
-            n = g[p.node]
-            kw = dict(shape=_shape(g, p.node), start=p.start, chunk_size=lo.chunk_size)
-            if p.start == "linear":
-                kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
-            if lo.intersect_ibp:
-                kw["ibp"] = ivals[p.node]
-            bounds[p.node] = em.call(engine.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
-                                     name=f"bounds_{p.node}")
-        bounds[p.node].meta["boundc_bounds"] = p.node  # read by BoundModule.report
+    for n in g:
+        if not plans or len(bounds) == len(plans):
+            break
+        if not n.perturbed:
+            continue
+        emit_interval_node(em, n)
+        p = plans.get(n.name)
+        if p is None:
+            continue
+        if p.how == "backward":
+            em.values[n.name] = _emit_bound_pass(em, options, mode, p, em.values[n.name], bounds)
+        bounds[n.name] = em.values[n.name]
+        bounds[n.name].meta["boundc_bounds"] = n.name  # read by BoundModule.report
     return bounds
 
 

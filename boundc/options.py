@@ -11,15 +11,21 @@ class LinearOptions:
     """Options of the linear-relaxation methods (crown, fast-lin, crown-ibp, forward, alpha-crown).
 
     Attributes:
-        chunk_size: neurons per backward pass for intermediate bounds (memory is
-            about ``batch * chunk_size * node size`` per coefficient tensor).
+        chunk_budget: coefficient entries one chunk of backward rows may hold
+            (``batch × rows × entries per row``); ``None``: 2**25 (128 MB in float32).
+        patches: run backward passes that start at a feature map in patches form
+            (each row a window of the map, as auto_LiRPA does) where every op on
+            the way allows it; the bounds are the same as the dense form's.
         alpha_iterations: Adam steps of alpha-CROWN on the lower ReLU slopes.
         alpha_lr: Adam learning rate of alpha-CROWN.
-        intersect_ibp: intersect backward intermediate bounds with IBP (sound and
-            never looser; only neurons IBP leaves unstable get backward passes).
+        intersect_ibp: intersect backward intermediate bounds with the interval
+            bounds (IBP from the tightened bounds before each node): sound and
+            never looser, but no longer the textbook CROWN bound.  Either way,
+            only neurons that interval leaves undecided get backward passes.
     """
 
-    chunk_size: int = 64
+    chunk_budget: int | None = None
+    patches: bool = True
     alpha_iterations: int = 20
     alpha_lr: float = 0.5
     intersect_ibp: bool = False

@@ -15,7 +15,7 @@ METHODS = ["crown-ibp", "crown", "fast-lin", "forward", "alpha-crown"]
 #: small inputs keep the CROWN intermediate passes cheap on 2 CPU cores
 ZOO = {"mlp": (1, 8, 8), "small": (1, 10, 10), "medium": (1, 16, 16), "large": (1, 6, 6), "resnet": (1, 6, 6),
        "sigmoid_tanh": (1, 8, 8), "pool": (1, 8, 8), "kitchen_sink": (1, 6, 6)}
-OPTS = CompileOptions(linear=LinearOptions(alpha_iterations=2, chunk_size=256, intersect_ibp=True))
+OPTS = CompileOptions(linear=LinearOptions(alpha_iterations=2, intersect_ibp=True))
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -25,7 +25,7 @@ def test_sound_on_zoo(name: str, method: str) -> None:
     model = examples.build(name, in_shape=shape)
     x = torch.rand((2,) + shape)
     opts = OPTS if name in ("medium", "large", "resnet", "kitchen_sink") else CompileOptions(
-        linear=LinearOptions(alpha_iterations=2, chunk_size=256))
+        linear=LinearOptions(alpha_iterations=2))
     bm = boundc.compile(model, x, method=method, options=opts)
     with torch.no_grad():
         y = model(x)

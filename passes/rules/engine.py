@@ -8,11 +8,14 @@ optimise the free relaxation parameters (α-CROWN).
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from . import patches
 from .backward import Coeffs
 from .interval import Interval
 
@@ -64,64 +67,103 @@ def _call_walk(walk: Callable, names: tuple[str, ...], args: dict, **extra) -> I
     return Interval(*walk(*[extra[n] if n in extra else args.get(n) for n in names]))
 
 
-def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: str,
-                    chunk_size: int, weight: Tensor | None = None, bias: Tensor | None = None,
-                    ibp: Interval | None = None) -> Interval:
-    """Bounds of every neuron of a node by backward passes over chunks of its neurons.
+class Start(enum.Enum):
+    """How the rows of a backward pass for an intermediate bound start.
 
-    ``walk`` is the generated backward pass from the node (or, for ``start="linear"``,
-    from the linear layer's input, started from rows of ``weight``).  With ``ibp``
-    the result is intersected with it and only neurons IBP leaves unstable
-    (``l < 0 < u``) are computed.
+    ``IDENTITY``: unit rows at the node (dense); ``LINEAR``: rows of a linear
+    layer's weight at the layer's input (no identity); ``PATCHES``: unit
+    windows at a feature map, run through the walk in patches form.
+    """
+
+    IDENTITY = "identity"
+    LINEAR = "linear"
+    PATCHES = "patches"
+
+
+#: Break points of the piecewise-linear activations (a neuron whose interval holds none is relaxed exactly).
+_KINKS: dict[str, Callable[..., tuple[float, ...]]] = {
+    "relu": lambda: (0.0,),
+    "leaky_relu": lambda negative_slope: (0.0,),
+    "hardtanh": lambda min_val, max_val: (min_val, max_val),
+}
+
+
+def relaxation_kinks(op: str, attrs: dict) -> tuple[float, ...] | None:
+    """Break points of activation ``op`` with ``attrs``; ``None`` for a curved op (every neuron matters)."""
+    fn = _KINKS.get(op)
+    return None if fn is None else tuple(float(k) for k in fn(**attrs))
+
+
+def undecided(bounds: Interval, kinks: tuple[float, ...] | None) -> Tensor:
+    """(B, n) mask of the neurons whose relaxation a tighter bound could change.
+
+    ``kinks``: the break points of the piecewise-linear users of the node (a
+    neuron with no break point strictly inside its interval is relaxed exactly);
+    ``None`` (a curved user): every neuron.
+    """
+    lower, upper = bounds.lower.flatten(1), bounds.upper.flatten(1)
+    if kinks is None:
+        return torch.ones_like(lower, dtype=torch.bool)
+    open_ = torch.zeros_like(lower, dtype=torch.bool)
+    for k in kinks:
+        open_ |= (lower < k) & (upper > k)
+    return open_
+
+
+def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Start, weight: Tensor | None,
+                bias: Tensor | None):
+    """Start state for the neurons ``idx`` (B, r) of a node: row ``k`` of sample ``b`` is neuron ``idx[b, k]``."""
+    if start is Start.PATCHES:
+        return patches.start_rows(x_lower, shape, idx)
+    B, k = idx.shape
+    zero = torch.zeros(B, k, dtype=x_lower.dtype, device=x_lower.device)
+    if start is Start.LINEAR:
+        w = weight[idx]
+        return Coeffs(w, w, zero if bias is None else bias[idx], zero if bias is None else bias[idx])
+    A = torch.zeros(B, k, math.prod(shape), dtype=x_lower.dtype, device=x_lower.device)
+    A.scatter_(2, idx.unsqueeze(2), 1.0)
+    A = A.reshape((B, k) + tuple(shape))
+    return Coeffs(A, A, zero, zero)
+
+
+def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: Start,
+                    interval: Interval, kinks: tuple[float, ...] | None, row_elems: int, budget: int,
+                    intersect: bool = False, weight: Tensor | None = None, bias: Tensor | None = None) -> Interval:
+    """Bounds of a node's neurons by backward passes over chunks of rows, only where they can matter.
+
+    ``interval`` is a sound bound already known for the node (IBP from the
+    tightened bounds before it); each sample gets rows only for its own
+    :func:`undecided` neurons (padded to the largest count with neurons that
+    keep their interval), the others keep it.  Computed rows replace it (or are
+    intersected with it when ``intersect``).  ``walk`` is the generated
+    backward pass from the node (or, for :attr:`Start.LINEAR`, from the linear
+    layer's input); a chunk holds at most ``budget`` coefficient entries of
+    ``row_elems`` each.
     """
     x_lower = args["x_lower"]
-    n = 1
-    for d in shape:
-        n *= d
     B = x_lower.shape[0]
-    if ibp is not None:
-        lower, upper = ibp.lower.reshape(B, n), ibp.upper.reshape(B, n)
-        unstable = ((lower < 0) & (upper > 0)).any(0).nonzero().flatten()
-    else:
-        lower = upper = None
-        unstable = None
-    todo = n if unstable is None else int(unstable.numel())
+    lower, upper = interval.lower.reshape(B, -1), interval.upper.reshape(B, -1)
+    todo = undecided(interval, kinks)
+    count = todo.sum(1)
+    R = int(count.max()) if B else 0
+    if R == 0:
+        return interval
+    order = todo.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :R]  # undecided first
+    valid = torch.arange(R, device=order.device) < count.unsqueeze(1)
+    rows = max(1, budget // max(1, B * row_elems))
     lows, ups = [], []
-    for s in range(0, todo, max(1, chunk_size)):
-        e = min(todo, s + chunk_size)
-        if unstable is None:
-            st = (start_linear(x_lower, weight, bias, s, e) if start == "linear"
-                  else start_identity(x_lower, shape, s, e))
-        else:
-            idx = unstable[s:e]
-            st = _start_rows(x_lower, shape, idx, start, weight, bias)
-        out = _call_walk(walk, names, args, start=st)
-        lows.append(out.lower)
-        ups.append(out.upper)
-    if unstable is None:
-        return Interval(torch.cat(lows, 1).reshape((B,) + tuple(shape)), torch.cat(ups, 1).reshape((B,) + tuple(shape)))
-    if todo:
-        lower = lower.index_copy(1, unstable, torch.maximum(torch.cat(lows, 1), lower[:, unstable]))
-        upper = upper.index_copy(1, unstable, torch.minimum(torch.cat(ups, 1), upper[:, unstable]))
+    for s in range(0, R, rows):
+        out = _call_walk(walk, names, args, start=_start_rows(x_lower, shape, order[:, s:s + rows], start, weight,
+                                                              bias))
+        lows.append(out.lower.expand(B, -1))
+        ups.append(out.upper.expand(B, -1))
+    old_lo, old_up = lower.gather(1, order), upper.gather(1, order)
+    lo, up = torch.cat(lows, 1), torch.cat(ups, 1)
+    if intersect:
+        lo, up = torch.maximum(lo, old_lo), torch.minimum(up, old_up)
+    lower = lower.scatter(1, order, torch.where(valid, lo, old_lo))
+    upper = upper.scatter(1, order, torch.where(valid, up, old_up))
     return Interval(lower.reshape((B,) + tuple(shape)), upper.reshape((B,) + tuple(shape)))
-
-
-def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: str, weight: Tensor | None,
-                bias: Tensor | None) -> Coeffs:
-    """Start coefficients for the selected neurons ``idx`` of a node."""
-    B, k = x_lower.shape[0], idx.numel()
-    zero = torch.zeros(B, k, dtype=x_lower.dtype, device=x_lower.device)
-    if start == "linear":
-        w = weight[idx].unsqueeze(0).expand((B,) + (k, weight.shape[1]))
-        b = zero if bias is None else bias[idx].unsqueeze(0).expand(B, k)
-        return Coeffs(w, w, b, b)
-    n = 1
-    for d in shape:
-        n *= d
-    eye = torch.zeros(k, n, dtype=x_lower.dtype, device=x_lower.device)
-    eye[torch.arange(k), idx] = 1
-    A = eye.reshape((1, k) + tuple(shape)).expand((B, k) + tuple(shape))
-    return Coeffs(A, A, zero, zero)
 
 
 def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Coeffs, relu_bounds: dict, *,

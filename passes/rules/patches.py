@@ -1,0 +1,289 @@
+"""Backward rules in *patches* form (domain ``"patches"``): each coefficient row is a window of a feature map.
+
+Bounding every neuron of a convolutional layer by dense backward passes moves a
+``(B, rows, C, H, W)`` tensor through every layer.  But a conv-layer neuron only
+sees its receptive field, so here a row is a ``Kh × Kw`` window over the
+``(C, H, W)`` feature map it has reached (auto_LiRPA's "patches mode", Xu et al.
+2020)::
+
+    A[b, r, c, y, x] = lA[b, r, c, y - (i_r·Sh - Ph), x - (j_r·Sw - Pw)]
+
+where ``(i_r, j_r)`` is row ``r``'s position in the spatial grid of the node the
+pass started at, and ``(Sh, Sw)`` / ``(Ph, Pw)`` the window stride and padding
+accumulated on the way back.  Through a convolution a window composes with the
+kernel (one GEMM with the transposed-convolution matrix of a single window);
+through an activation it is multiplied by the relaxation slopes gathered with
+``unfold``; at the input box it meets centre and radius the same way.  Entries
+that fall outside a feature map (over a convolution's zero padding) are zeroed
+at once, so they never leak into earlier layers.
+
+Only ops that act locally and per channel have a rule here (conv, elementwise
+activations, per-element affine maps, add/sub, average pooling); a backward pass
+whose walk meets any other op runs in the dense form of :mod:`.backward`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .interval import Interval
+from .registry import rule
+from .relaxation import relax
+
+DOMAIN = "patches"
+#: Largest transposed-convolution matrix (entries) built to turn a window's transpose into one GEMM.
+_MAX_GEMM_BASIS = 1 << 24
+
+
+class Patches(NamedTuple):
+    """Lower/upper linear bounds on R rows, each coefficient row a window of the current feature map.
+
+    ``lA``/``uA``: ``(B or 1, R, C, Kh, Kw)`` (a leading 1 while every sample shares them);
+    ``lb``/``ub``: ``(B or 1, R)``; ``pos``: ``(B, R, 2)`` grid position ``(i, j)`` of each row;
+    ``grid``: the start node's spatial size; row ``r``'s window starts at
+    ``(i_r·stride[0] - padding[0], j_r·stride[1] - padding[1])``.
+    """
+
+    lA: Tensor
+    uA: Tensor
+    lb: Tensor
+    ub: Tensor
+    pos: Tensor
+    grid: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+
+def _with(p: Patches, lA: Tensor, uA: Tensor, lb: Tensor | float = 0.0, ub: Tensor | float = 0.0, **geometry) -> Patches:
+    """``p`` with new coefficients, biases added, and (optionally) a new window geometry."""
+    return p._replace(lA=lA, uA=uA, lb=p.lb + lb, ub=p.ub + ub, **geometry)
+
+
+def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
+    """Gather the window of every row from a map ``t`` (B', C, H, W) → (B', R, C, Kh, Kw); zero outside the map."""
+    kh, kw = kernel or tuple(p.lA.shape[-2:])
+    (sh, sw), (ph, pw), (gh, gw) = p.stride, p.padding, p.grid
+    H, W = t.shape[-2:]
+    bottom = max(0, (gh - 1) * sh - ph + kh - H)
+    right = max(0, (gw - 1) * sw - pw + kw - W)
+    t = F.pad(t, (pw, right, ph, bottom))
+    cols = F.unfold(t, (kh, kw), stride=(sh, sw)).transpose(1, 2)  # (B', L, C*kh*kw)
+    Bt, L, E = cols.shape
+    B, R = p.pos.shape[:2]
+    at = p.pos[..., 0] * ((t.shape[-1] - kw) // sw + 1) + p.pos[..., 1]  # (B, R) window index
+    if Bt > 1:
+        at = at + L * torch.arange(B, device=at.device).unsqueeze(1)
+    return cols.reshape(Bt * L, E).index_select(0, at.flatten()).reshape(B, R, -1, kh, kw)
+
+
+def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+            size: tuple[int, int]) -> Tensor:
+    """(B, R, 1, Kh, Kw) mask of the window entries that lie inside a map of spatial ``size``."""
+    masks = []
+    for d in range(2):
+        at = p.pos[..., d:d + 1] * stride[d] - padding[d] + torch.arange(kernel[d], device=p.pos.device)
+        masks.append((at >= 0) & (at < size[d]))
+    return (masks[0][..., :, None] & masks[1][..., None, :]).unsqueeze(2)
+
+
+def _dot(A: Tensor, rows: Tensor) -> Tensor:
+    """Per-row inner product of windows: (B', R, C, Kh, Kw) · (B'', R, C, Kh, Kw) → (B, R)."""
+    return (A * rows).flatten(2).sum(-1)
+
+
+def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor) -> Patches:
+    """Unit rows for the neurons ``idx`` (B, R) (flat indices per sample) of a node of per-sample ``shape`` (C, H, W)."""
+    C, H, W = shape
+    B, R = idx.shape
+    A = torch.zeros(B, R, C, dtype=x_lower.dtype, device=x_lower.device)
+    A.scatter_(2, (idx // (H * W)).unsqueeze(2), 1.0)
+    A = A.reshape(B, R, C, 1, 1)
+    pos = torch.stack(((idx % (H * W)) // W, idx % W), 2)
+    zero = torch.zeros(B, R, dtype=x_lower.dtype, device=x_lower.device)
+    return Patches(A, A, zero, zero, pos, (H, W), (1, 1), (0, 0))
+
+
+def concretize(p: Patches, x_lower: Tensor, x_upper: Tensor) -> Interval:
+    """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias``."""
+    centre = window_rows(p, (x_upper + x_lower) / 2)
+    radius = window_rows(p, (x_upper - x_lower) / 2)
+    lower = _dot(p.lA, centre) - _dot(p.lA.abs(), radius) + p.lb
+    upper = _dot(p.uA, centre) + _dot(p.uA.abs(), radius) + p.ub
+    return Interval(lower, upper)
+
+
+def add_patches(a: Patches, b: Patches) -> Patches:
+    """Sum of two users' contributions; windows of different extent are padded to their union."""
+    if a.stride != b.stride:
+        raise ValueError(f"patches with strides {a.stride} and {b.stride} cannot be summed")
+    ka, kb = tuple(a.lA.shape[-2:]), tuple(b.lA.shape[-2:])
+    pad_top = [max(a.padding[d], b.padding[d]) for d in range(2)]
+    end = [max(ka[d] - a.padding[d], kb[d] - b.padding[d]) for d in range(2)]
+
+    def grow(p: Patches, k: tuple[int, int], A: Tensor) -> Tensor:
+        top = [pad_top[d] - p.padding[d] for d in range(2)]
+        rest = [pad_top[d] + end[d] - k[d] - top[d] for d in range(2)]
+        return F.pad(A, (top[1], rest[1], top[0], rest[0])) if any(top + rest) else A
+
+    la, ua = grow(a, ka, a.lA), grow(a, ka, a.uA)
+    lb_, ub_ = grow(b, kb, b.lA), grow(b, kb, b.uA)
+    return a._replace(lA=la + lb_, uA=ua + ub_, lb=a.lb + b.lb, ub=a.ub + b.ub, padding=tuple(pad_top))
+
+
+def zero_bias(p: Patches) -> Patches:
+    """The same rows with zero bias (for every input but the first perturbed one)."""
+    return p._replace(lb=torch.zeros_like(p.lb), ub=torch.zeros_like(p.ub))
+
+
+# -- rules ---------------------------------------------------------------------------
+
+@rule("identity", DOMAIN)
+def identity(p: Patches, x, *, in_shapes) -> tuple:
+    """Unchanged."""
+    return (p,)
+
+
+def _transpose_conv(A: Tensor, weight: Tensor, stride: tuple, dilation: tuple, groups: int) -> Tensor:
+    """Windows over a conv's output (B', R, Co, Kh, Kw) → windows over its input (B', R, Ci, Kh', Kw')."""
+    Bp, R, Co, kh, kw = A.shape
+    flat = A.reshape(Bp * R, Co, kh, kw)
+    basis = Co * kh * kw
+    out_h = (kh - 1) * stride[0] + (weight.shape[2] - 1) * dilation[0] + 1
+    out_w = (kw - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
+    ci = weight.shape[1] * groups
+    dense = (weight.shape[2] * weight.shape[3]) / (out_h * out_w)  # share of a window one basis entry touches
+    if Bp * R > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16:
+        eye = torch.eye(basis, dtype=A.dtype, device=A.device).reshape(basis, Co, kh, kw)
+        M = F.conv_transpose2d(eye, weight, stride=stride, dilation=dilation, groups=groups).reshape(basis, -1)
+        out = flat.reshape(Bp * R, basis) @ M
+    else:
+        out = F.conv_transpose2d(flat, weight, stride=stride, dilation=dilation, groups=groups)
+    return out.reshape(Bp, R, ci, out_h, out_w)
+
+
+@rule("conv", DOMAIN)
+def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, dilation,
+         groups) -> tuple:
+    """Compose every window with the kernel; the bias moves into the bias term."""
+    lb = 0.0 if bias is None else p.lA.sum((3, 4)) @ bias
+    ub = 0.0 if bias is None else p.uA.sum((3, 4)) @ bias
+    lA = _transpose_conv(p.lA, weight, stride, dilation, groups)
+    uA = lA if p.uA is p.lA else _transpose_conv(p.uA, weight, stride, dilation, groups)
+    new_stride = (p.stride[0] * stride[0], p.stride[1] * stride[1])
+    new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
+    inside = _inside(p, tuple(lA.shape[-2:]), new_stride, new_pad, tuple(in_shapes[0][-2:]))
+    lA = lA * inside
+    uA = lA if p.uA is p.lA else uA * inside
+    return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
+
+
+@rule("avg_pool2d", DOMAIN)
+def avg_pool2d(p: Patches, x, *, in_shapes, kernel_size, stride, padding, ceil_mode, count_include_pad,
+               divisor_override) -> tuple:
+    """Average pooling as a depthwise convolution with a constant kernel (only the exact cases reach here)."""
+    C = in_shapes[0][0]
+    k = tuple(kernel_size)
+    w = torch.full((C, 1) + k, 1.0 / (k[0] * k[1]), dtype=p.lA.dtype, device=p.lA.device)
+    out = conv(p, x, w, None, in_shapes=in_shapes, stride=tuple(stride), padding=tuple(padding), dilation=(1, 1),
+               groups=C)
+    return out[:1]
+
+
+def _map(p: Patches, t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """The windows of a constant broadcast against a node of per-sample ``shape`` (batch dim kept if it has one)."""
+    if t.dim() == len(shape) + 1:
+        t = t.expand((t.shape[0],) + tuple(shape))
+    else:
+        t = t.expand(tuple(shape)).unsqueeze(0)
+    return window_rows(p, t)
+
+
+@rule("scale_shift", DOMAIN)
+def scale_shift(p: Patches, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
+    """``A * scale`` window by window; ``A·shift`` into the bias."""
+    shape = tuple(in_shapes[0])
+    lb = 0.0 if shift is None else _dot(p.lA, _map(p, shift, shape))
+    ub = 0.0 if shift is None else _dot(p.uA, _map(p, shift, shape))
+    if scale is None:
+        return (_with(p, p.lA, p.uA, lb, ub), None, None)
+    s = _map(p, scale, shape)
+    lA = p.lA * s
+    return (_with(p, lA, lA if p.uA is p.lA else p.uA * s, lb, ub), None, None)
+
+
+def _two_inputs(p: Patches, x, y, in_shapes, sign: float) -> tuple:
+    """Shared by add (sign +1) and sub (sign -1); constants go to the bias, the bias to the first input."""
+    xp, yp = not isinstance(x, Tensor), not isinstance(y, Tensor)
+    shape = tuple(in_shapes[0] if xp else in_shapes[1])
+    lb = ub = 0.0
+    if not xp:
+        lb, ub = _dot(p.lA, _map(p, x, shape)), _dot(p.uA, _map(p, x, shape))
+    if not yp:
+        lb, ub = lb + sign * _dot(p.lA, _map(p, y, shape)), ub + sign * _dot(p.uA, _map(p, y, shape))
+    biased = _with(p, p.lA, p.uA, lb, ub)
+    out: list[Patches | None] = [biased if xp else None, None]
+    if yp:
+        src = zero_bias(p) if xp else biased
+        out[1] = src if sign > 0 else src._replace(lA=-src.lA, uA=-src.uA)
+    return tuple(out)
+
+
+@rule("add", DOMAIN)
+def add(p: Patches, x, y, *, in_shapes) -> tuple:
+    """Both perturbed inputs receive the rows (bias to the first); a constant goes to the bias."""
+    return _two_inputs(p, x, y, in_shapes, 1.0)
+
+
+@rule("sub", DOMAIN)
+def sub(p: Patches, x, y, *, in_shapes) -> tuple:
+    """``x - y``: the second input receives ``-A``."""
+    return _two_inputs(p, x, y, in_shapes, -1.0)
+
+
+def _through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Tensor,
+                   bias_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """``A⁺·slope_pos + A⁻·slope_neg`` and the bias ``Σ A⁺·bias_pos + A⁻·bias_neg`` (one pass per term)."""
+    P, N = A.clamp(min=0), A.clamp(max=0)
+    out = torch.addcmul(P * slope_pos, N, slope_neg)
+    bias = (P * bias_pos).flatten(2).sum(-1) + (N * bias_neg).flatten(2).sum(-1)
+    return out, bias
+
+
+def relax_patches(p: Patches, x: Interval, *, op: str, mode: str = "crown", **attrs) -> Patches:
+    """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
+    lw, lb, uw, ub = (window_rows(p, t) for t in relax(op, x.lower, x.upper, mode, **attrs))
+    lA, lbias = _through_lines(p.lA, lw, lb, uw, ub)
+    uA, ubias = _through_lines(p.uA, uw, ub, lw, lb)
+    return _with(p, lA, uA, lbias, ubias)
+
+
+def activation_rule(op: str):
+    """The patches rule of an elementwise activation ``op`` (from its relaxation lines)."""
+
+    def patches(p: Patches, x: Interval, *, in_shapes, mode: str = "crown", **attrs) -> tuple:
+        return (relax_patches(p, x, op=op, mode=mode, **attrs),)
+
+    patches.__name__ = patches.__qualname__ = f"{op}_patches"
+    patches.__doc__ = f"Back through ``{op}`` window by window, with its relaxation lines."
+    return patches
+
+
+__all__ = ["Patches", "activation_rule", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows",
+           "zero_bias"]
+
+
+def supports(op: str, attrs: dict, inputs: list, node) -> bool:
+    """Whether the patches rule of ``op`` covers this node (2-d convolutions, exact average pooling,
+    add/sub of same-shaped values); activations and elementwise maps always do."""
+    if op == "conv":
+        return inputs[1] is not None and not inputs[1].perturbed and len(inputs[1].shape) == 4
+    if op == "avg_pool2d":
+        return (not attrs["ceil_mode"] and attrs["divisor_override"] is None
+                and (attrs["count_include_pad"] or not any(attrs["padding"])))
+    if op in ("add", "sub"):
+        return all(i.shape == node.shape for i in inputs if i is not None and i.perturbed)
+    return True
