@@ -22,11 +22,12 @@ import torch.fx as fx
 from boundc.codegen import Emitter, _ident, emit_interval_node, method
 from boundc.ir import Graph
 from boundc.options import CompileOptions
-from boundc.passes.graph.planning import NONLINEAR, ancestors, plan_bounds
+from boundc.passes.graph.planning import ancestors, plan_bounds
 from boundc.passes.rules import backward as bw
 from boundc.passes.rules import engine, patches
 from boundc.passes.rules import forward_linear as fw  # noqa: F401
 from boundc.passes.rules.engine import relaxation_kinks
+from boundc.passes.rules.ops import OPS
 from boundc.passes.rules.registry import get_rule
 
 DOMAIN = "backward"
@@ -49,13 +50,6 @@ DENSE = WalkForm("backward", bw.concretize, bw.add_coeffs)
 PATCHES = WalkForm("patches", patches.concretize, patches.add_patches)
 
 
-def _rule(op: str, form: WalkForm) -> Callable:
-    fn = get_rule(op, form.domain)
-    if fn is None and form is PATCHES:
-        fn = patches.activation_rule(op)
-    return fn
-
-
 def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node], mode: str,
               alphas: dict[str, fx.Node] | None = None, form: WalkForm = DENSE) -> fx.Node:
     """Emit one backward pass from ``root`` (state ``start``) to the input; returns its concretised Interval.
@@ -70,10 +64,10 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
         state = pending.pop(name)
         if n.op == "input":
             return em.call(form.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
-        fn = _rule(n.op, form)
+        fn = get_rule(n.op, form.domain)
         args = [None if i is None else (bounds.get(i, "perturbed") if g[i].perturbed else em.arg(i)) for i in n.inputs]
         kwargs = dict(n.attrs, in_shapes=tuple(_shape(g, i) for i in n.inputs))
-        if n.op in NONLINEAR and n.op != "max_pool2d":
+        if OPS[n.op].relaxation is not None:
             kwargs["mode"] = mode
             if alphas is not None and name in alphas:
                 kwargs["alpha"] = alphas[name]
@@ -95,7 +89,7 @@ def patches_walk_ok(g: Graph, root: str) -> bool:
             return False
         if n.op == "input":
             continue
-        if get_rule(n.op, PATCHES.domain) is None and n.op not in NONLINEAR - {"max_pool2d"}:
+        if get_rule(n.op, PATCHES.domain) is None:
             return False
         if not patches.supports(n.op, n.attrs, [None if i is None else g[i] for i in n.inputs], n):
             return False
@@ -107,7 +101,7 @@ def _walk_bounds_needed(g: Graph, root: str) -> list[str]:
     need = []
     for name in ancestors(g, root):
         n = g[name]
-        if n.op in NONLINEAR:
+        if OPS[n.op].needs_bounds:
             need.extend(i for i in n.inputs if i is not None and g[i].perturbed and i not in need)
     return need
 
@@ -117,8 +111,8 @@ def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: W
     """A generated module running one backward pass from ``root``.
 
     Returns the module, its placeholder names in order, the placeholder of each
-    bound it reads (placeholder -> IR node) and of each ReLU slope (placeholder ->
-    IR node of the ReLU's input).
+    bound it reads (placeholder -> IR node) and of each relaxation's α (placeholder ->
+    the activation node).
     """
     sub = Emitter(g)
     start = sub.fx.placeholder("start", default_value=None)
@@ -129,9 +123,10 @@ def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: W
     aph, amap = {}, {}
     if with_alpha:
         for name in ancestors(g, root):
-            if g[name].op == "relu":
+            relaxation = OPS[g[name].op].relaxation
+            if relaxation is not None and relaxation.alpha is not None:
                 p = sub.fx.placeholder("alpha_" + _ident(name), default_value=None)
-                aph[name], amap[p.target] = p, g[name].inputs[0]
+                aph[name], amap[p.target] = p, name
     res = emit_walk(sub, root, start, bph, "crown" if with_alpha else mode, aph if with_alpha else None, form)
     gm = sub.finish(sub.attr(res, "lower"), sub.attr(res, "upper"))
     gm.__class__.__name__ = "BackwardWalk"
@@ -256,9 +251,9 @@ def backward_method(em: Emitter, options: CompileOptions, mode: str, intermediat
         return _finish_output(em, emit_walk(em, root, start, bounds, mode), shape)
     walk, names, bmap, amap = build_walk(g, root, mode, with_alpha=True)
     wnode = _module(em, "walk_output", walk)
-    relus = {a: bounds[node] for a, node in amap.items()}
+    alphas = {a: (g[node].op, dict(g[node].attrs), bounds[g[node].inputs[0]]) for a, node in amap.items()}
     lo = options.linear
-    res = em.call(engine.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, relus),
+    res = em.call(engine.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, alphas),
                   dict(iterations=lo.alpha_iterations, lr=lo.alpha_lr), name="bound")
     return _finish_output(em, res, shape)
 

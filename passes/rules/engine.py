@@ -18,6 +18,7 @@ from torch import Tensor
 from . import patches
 from .backward import Coeffs
 from .interval import Interval
+from .ops import opdef
 
 # -- start states -------------------------------------------------------------------
 
@@ -80,18 +81,13 @@ class Start(enum.Enum):
     PATCHES = "patches"
 
 
-#: Break points of the piecewise-linear activations (a neuron whose interval holds none is relaxed exactly).
-_KINKS: dict[str, Callable[..., tuple[float, ...]]] = {
-    "relu": lambda: (0.0,),
-    "leaky_relu": lambda negative_slope: (0.0,),
-    "hardtanh": lambda min_val, max_val: (min_val, max_val),
-}
-
-
 def relaxation_kinks(op: str, attrs: dict) -> tuple[float, ...] | None:
-    """Break points of activation ``op`` with ``attrs``; ``None`` for a curved op (every neuron matters)."""
-    fn = _KINKS.get(op)
-    return None if fn is None else tuple(float(k) for k in fn(**attrs))
+    """Break points of activation ``op`` with ``attrs`` (from the op table); ``None`` for a curved op
+    or one without a relaxation record (every neuron matters)."""
+    r = opdef(op).relaxation
+    if r is None or r.kinks is None:
+        return None
+    return tuple(float(k) for k in r.kinks(**attrs))
 
 
 def undecided(bounds: Interval, kinks: tuple[float, ...] | None) -> Tensor:
@@ -166,20 +162,28 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     return Interval(lower.reshape((B,) + tuple(shape)), upper.reshape((B,) + tuple(shape)))
 
 
-def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Coeffs, relu_bounds: dict, *,
-                   iterations: int, lr: float) -> Interval:
-    """α-CROWN: optimise the lower slopes of unstable ReLUs (per spec row) with Adam, clamped to [0, 1].
+def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Coeffs,
+                   alphas: dict[str, tuple[str, dict, Interval]], *, iterations: int, lr: float) -> Interval:
+    """α-CROWN: optimise the free parameters of every relaxation on the pass (per spec row) with Adam.
 
-    Slopes start at the adaptive CROWN choice and the best slopes seen per bounded
-    quantity are kept, so the result is never looser than CROWN; any slope in
-    [0, 1] is sound.  The final bound is recomputed with the (detached) best slopes
-    and the live inputs, so gradients reach the model's parameters.
+    ``alphas`` maps each α placeholder of ``walk`` to ``(op, attrs, input bounds)`` of its activation;
+    the op table's :class:`~.relaxation.AlphaSpec` gives their number and CROWN's choice, from which
+    they start (ReLU-family slopes, tangent points of smooth activations), and its ``project`` (when
+    it has one) keeps them in their sound range after each step (the lines are sound for any value
+    anyway).  The best parameters seen per bounded quantity are kept, so the result is never looser
+    than CROWN.  The final bound is recomputed with the (detached) best parameters and the live
+    inputs, so gradients reach the model's parameters.
     """
     S = start.lA.shape[1]
-    init = {}
-    for name, b in relu_bounds.items():
-        a = (b.upper > -b.lower).to(b.lower.dtype).unsqueeze(1)
-        init[name] = a.expand((a.shape[0], S) + tuple(a.shape[2:]))
+    init, project = {}, {}
+    for name, (op, attrs, b) in alphas.items():
+        spec = opdef(op).relaxation.alpha
+        a = spec.init(b.lower.detach(), b.upper.detach(), **attrs)  # (k, B, *shape)
+        init[name] = a.unsqueeze(2).expand(a.shape[:2] + (S,) + a.shape[2:])
+        fn = getattr(spec, "project", None)
+        if fn is not None:
+            lo, up = b.lower.detach().unsqueeze(1), b.upper.detach().unsqueeze(1)
+            project[name] = (fn, lo, up, attrs)
     det = {k: (Interval(v.lower.detach(), v.upper.detach()) if isinstance(v, Interval) else
                (v.detach() if isinstance(v, Tensor) else v)) for k, v in args.items()}
     dstart = Coeffs(*(t.detach() for t in start))
@@ -198,8 +202,8 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
                 better_l, better_u = lo > best_l, up < best_u
                 best_l, best_u = torch.maximum(best_l, lo), torch.minimum(best_u, up)
             for k, (pl, pu) in params.items():
-                ml = better_l.reshape(better_l.shape + (1,) * (pl.dim() - 2))
-                mu = better_u.reshape(better_u.shape + (1,) * (pu.dim() - 2))
+                ml = better_l.reshape((1,) + better_l.shape + (1,) * (pl.dim() - 3))
+                mu = better_u.reshape((1,) + better_u.shape + (1,) * (pu.dim() - 3))
                 best[k] = (torch.where(ml, pl.detach(), best[k][0]), torch.where(mu, pu.detach(), best[k][1]))
             if it == iterations or opt is None:
                 break
@@ -208,9 +212,9 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
             loss.backward()
             opt.step()
             with torch.no_grad():
-                for pl, pu in params.values():
-                    pl.clamp_(0, 1)
-                    pu.clamp_(0, 1)
+                for k, (fn, lo_b, up_b, attrs) in project.items():
+                    for p in params[k]:
+                        p.copy_(fn(p, lo_b, up_b, **attrs))
     return _call_walk(walk, names, args, start=start, **best)
 
 

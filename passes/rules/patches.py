@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .interval import Interval
-from .registry import rule
+from .ops import OpDef
+from .registry import deriver, rule
 from .relaxation import relax
 
 DOMAIN = "patches"
@@ -261,8 +262,7 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: str = "crown", **at
     return _with(p, lA, uA, lbias, ubias)
 
 
-def activation_rule(op: str):
-    """The patches rule of an elementwise activation ``op`` (from its relaxation lines)."""
+def _activation(op: str):
 
     def patches(p: Patches, x: Interval, *, in_shapes, mode: str = "crown", **attrs) -> tuple:
         return (relax_patches(p, x, op=op, mode=mode, **attrs),)
@@ -272,7 +272,13 @@ def activation_rule(op: str):
     return patches
 
 
-__all__ = ["Patches", "activation_rule", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows",
+@deriver(DOMAIN)
+def derive(d: OpDef):
+    """The patches rule of an elementwise activation: its relaxation's lines (``None`` for other ops)."""
+    return _activation(d.name) if d.relaxation is not None and d.elementwise else None
+
+
+__all__ = ["Patches", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows",
            "zero_bias"]
 
 

@@ -54,7 +54,7 @@ def deriver(domain: str) -> Callable[[Callable[[OpDef], Callable | None]], Calla
 
 def _load_domains() -> None:
     """Import every rule library once (importing one registers its rules and deriver)."""
-    from . import backward, concrete, forward_linear, interval, ops  # noqa: F401
+    from . import backward, concrete, forward_linear, interval, ops, patches  # noqa: F401
 
 
 @deriver("eval")
