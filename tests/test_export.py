@@ -1,4 +1,5 @@
-"""ONNX certifier export: onnxruntime matches the torch BoundModule, dynamic batch."""
+"""ONNX certifier export: every method exports, onnxruntime matches the torch BoundModule, dynamic batch,
+and the certifier stays within 3x the model's parameter bytes (no dense pooling / conv / transpose matrices)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from conftest import shared_path
 
 import boundc
 from boundc import examples
+from boundc.errors import BoundcError
+
+#: What the lead's engine / patches code must change before the dense/patches backward passes trace.
+_ENGINE_XFAIL = pytest.mark.xfail(strict=True, reason=(
+    "engine.backward_bounds is data-dependent under tracing (in-place `|=` in undecided, stable argsort, "
+    "`int(count.max())` rows, chunk size from the traced batch) and patches.window_rows does Python max() "
+    "on traced sizes; see the export report for the static-shape path it needs"))
+
+EXPORTABLE = [m for m in boundc.methods() if m != "alpha-crown"]
+MODELS = ["mlp", "pool", "resnet"]
+
+
+def _param_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
 def _check(bm, path, spec, batch=3):
@@ -24,6 +39,10 @@ def _check(bm, path, spec, batch=3):
         labels = torch.arange(batch) % k
         feeds["labels"] = labels.numpy()
         ref = bm(lo, hi, boundc.margin_spec(labels, k))
+    elif spec == "C":
+        C = torch.randn(batch, 4, k)
+        feeds["C"] = C.numpy()
+        ref = bm(lo, hi, C)
     else:
         ref = bm(lo, hi)
     out = sess.run(None, feeds)
@@ -32,11 +51,50 @@ def _check(bm, path, spec, batch=3):
         np.testing.assert_allclose(o, r.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _method_params():
+    return [pytest.param(m, marks=_ENGINE_XFAIL) if m in ("crown", "fast-lin") else m for m in EXPORTABLE]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", _method_params())
+def test_every_method_exports(tmp_path, model, method):
+    """Margin certifier of each method on an MLP, a CNN with avg-pool and the ResNet: equal to torch at
+    1e-5 for two batch sizes, and at most 3x the parameter bytes."""
+    net = examples.build(model)
+    bm = boundc.compile(net, torch.rand(2, 1, 28, 28), method=method)
+    path = tmp_path / "c.onnx"
+    _check(bm, path, "margin", batch=3)
+    _check(bm, path, "margin", batch=5)
+    size, params = path.stat().st_size, _param_bytes(net)
+    assert size <= 3 * params, f"{method} certifier of {model}: {size} bytes for {params} parameter bytes"
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp", "forward"])
+@pytest.mark.parametrize("spec", [None, "C"])
+def test_spec_variants(tmp_path, method, spec):
+    bm = boundc.compile(examples.build("pool").eval(), torch.rand(2, 1, 28, 28), method=method)
+    _check(bm, tmp_path / "c.onnx", spec, batch=3)
+
+
+def test_alpha_crown_names_the_alternative(tmp_path):
+    bm = boundc.compile(examples.build("mlp"), torch.rand(2, 1, 28, 28), method="alpha-crown")
+    with pytest.raises(BoundcError, match="method='crown'"):
+        bm.export_onnx(tmp_path / "c.onnx", spec="margin")
+
+
+@pytest.mark.xfail(strict=True, reason="the dense conv backward rule still calls torch.nn.grad.conv*d_input "
+                   "(aten.convolution_backward, untraceable); it should use passes.rules.transpose.conv_input")
+def test_export_patches_nothing():
+    """Every backward rule is plain torch ops, so the exporter needs no swap (see _conv_rule_traceable)."""
+    from boundc.passes.rules import backward
+
+    grads = (torch.nn.grad.conv1d_input, torch.nn.grad.conv2d_input, torch.nn.grad.conv3d_input)
+    assert not any(f in grads for f in getattr(backward, "_CONV_INPUT", {}).values())
+
+
 @pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
 @pytest.mark.parametrize("spec", [None, "margin"])
 def test_zoo_export(tmp_path, method, spec):
-    if method not in boundc.methods():
-        pytest.skip(f"{method} not available")
     bm = boundc.compile(examples.build("mlp").eval(), torch.rand(2, 1, 28, 28), method=method)
     _check(bm, tmp_path / "c.onnx", spec, batch=3)
     _check(bm, tmp_path / "c.onnx", spec, batch=5)

@@ -1,5 +1,5 @@
 """Export of compiled bound networks: an ONNX *certifier* (see :mod:`boundc.export.certifier`)."""
 
-from boundc.export.certifier import Certifier, export_onnx, traceable_vjp_transpose
+from boundc.export.certifier import Certifier, export_onnx
 
-__all__ = ["Certifier", "export_onnx", "traceable_vjp_transpose"]
+__all__ = ["Certifier", "export_onnx"]

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from boundc.bound_module import BoundModule
@@ -67,57 +65,55 @@ class Certifier(nn.Module):
         return tuple(self.net(x_lower, x_upper, C, **kwargs))
 
 
-def traceable_vjp_transpose(fn: Callable[[Tensor], Tensor], A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
-    """Transpose of the linear part of ``fn`` applied to ``A`` (B, S, *out), by its explicit matrix.
-
-    Same result as :func:`boundc.passes.rules.backward.vjp_transpose`, but built from
-    ordinary ops (no ``torch.func``), so the TorchScript exporter can trace it.
-    """
-    n = math.prod(in_shape)
-    eye = torch.eye(n, dtype=A.dtype, device=A.device).reshape((n, *in_shape))
-    zero = torch.zeros((1, *in_shape), dtype=A.dtype, device=A.device)
-    L = (fn(eye) - fn(zero)).reshape(n, -1)  # (n_in, n_out)
-    B, S = A.shape[:2]
-    return torch.matmul(A.reshape(B, S, -1), L.t()).reshape((B, S, *in_shape))
-
-
-def _conv_input(nd: int) -> Callable[..., Tensor]:
-    """A traceable ``torch.nn.grad.conv{nd}d_input`` (a transposed convolution with output padding)."""
-    transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
-
-    def conv_input(input_size, weight: Tensor, grad_output: Tensor, stride=1, padding=0, dilation=1,
-                   groups: int = 1) -> Tensor:
-        st, pd, dl = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd for v in (stride, padding, dilation))
-        out = [int(d) for d in grad_output.shape[-nd:]]
-        want = [int(d) for d in tuple(input_size)[-nd:]]
-        extra = [want[i] - ((out[i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1)
-                 for i in range(nd)]
-        return transpose(grad_output, weight, None, st, pd, tuple(extra), groups, dl)
-
-    return conv_input
-
-
 @contextlib.contextmanager
-def _traceable() -> Iterator[None]:
-    """Swap ``torch.func``-based helpers of the backward rules for traceable ones while exporting."""
+def _conv_rule_traceable() -> Iterator[None]:
+    """Compatibility shim, to be removed: while the dense ``conv`` backward rule still calls
+    ``torch.nn.grad.conv*d_input`` (``aten.convolution_backward``, which the JIT tracer cannot
+    record), swap in the equivalent plain transposed convolution of
+    :func:`boundc.passes.rules.transpose.conv_input` for the duration of the export.  Every other
+    rule is plain torch ops already; once the conv rule uses ``transpose.conv_input`` this is a no-op.
+    """
     try:
-        from boundc.passes.rules import backward
+        from boundc.passes.rules import backward, transpose
     except ImportError:  # no linear-relaxation methods installed
         yield
         return
-    saved, saved_conv = backward.vjp_transpose, dict(backward._CONV_INPUT)
-    backward.vjp_transpose = traceable_vjp_transpose
-    backward._CONV_INPUT.update({nd: _conv_input(nd) for nd in (1, 2, 3)})
+    table = getattr(backward, "_CONV_INPUT", None)
+    grads = (torch.nn.grad.conv1d_input, torch.nn.grad.conv2d_input, torch.nn.grad.conv3d_input)
+    if not isinstance(table, dict) or not any(f in grads for f in table.values()):
+        yield
+        return
+    saved = dict(table)
+    table.update({nd: transpose.conv_input(nd) for nd in (1, 2, 3)})
     try:
         yield
     finally:
-        backward.vjp_transpose = saved
-        backward._CONV_INPUT.update(saved_conv)
+        table.update(saved)
+
+
+def _check_exportable(bm: BoundModule) -> None:
+    """Reject methods whose bound network is not a fixed graph of tensor ops."""
+    if bm.method == "alpha-crown":
+        raise BoundcError("alpha-crown cannot be exported to ONNX: it optimises its ReLU slopes by gradient "
+                          "steps at run time, which an ONNX graph cannot hold.  Export the model compiled with "
+                          "method='crown' instead (alpha-CROWN's starting point; equally sound, its bounds are "
+                          "at most as tight as alpha-CROWN's).")
+
+
+def _example_box(shape: tuple[int, ...], batch: int = 2) -> tuple[Tensor, Tensor]:
+    """The box the exporter traces with: wide, so that every neuron a method might refine is undecided
+    and the traced graph holds backward rows for all of them (rows are masked per sample at run time)."""
+    x = torch.zeros(batch, *shape)
+    return x - 100.0, x + 100.0
 
 
 def export_onnx(bm: BoundModule, path: str | os.PathLike | io.BytesIO, spec: str | None = None,
                 opset: int = 17) -> None:
-    """Write the ONNX certifier of ``bm`` (see the module docstring) to ``path``."""
+    """Write the ONNX certifier of ``bm`` (see the module docstring) to ``path``.
+
+    Every method but ``alpha-crown`` exports (that one raises :class:`BoundcError` naming ``crown``).
+    """
+    _check_exportable(bm)
     try:
         _export(Certifier(bm, spec).eval(), bm, path, spec, opset)
     except BoundcError:
@@ -130,8 +126,7 @@ def _export(cert: Certifier, bm: BoundModule, path: str | os.PathLike | io.Bytes
             opset: int) -> None:
     """Trace ``cert`` with the TorchScript exporter."""
     shape = tuple(bm.input_shape)
-    x = torch.zeros(2, *shape)
-    args: tuple = (x - 0.01, x + 0.01)
+    args: tuple = _example_box(shape)
     names = ["x_lower", "x_upper"]
     axes: dict[str, dict[int, str]] = {"x_lower": {0: "batch"}, "x_upper": {0: "batch"},
                                        "lower": {0: "batch"}, "upper": {0: "batch"}}
@@ -144,11 +139,80 @@ def _export(cert: Certifier, bm: BoundModule, path: str | os.PathLike | io.Bytes
         args += (torch.tensor([0, cert.num_classes - 1]),)
         names.append("labels")
         axes["labels"] = {0: "batch"}
-    target = os.fspath(path) if not isinstance(path, io.BytesIO) else path
-    with warnings.catch_warnings(), _traceable(), torch.no_grad():
+    # Constant folding materialises every parameter-derived tensor (folded batch norms, |W|) once per use,
+    # while leaving it out keeps the small ops that compute them: keep whichever file is smaller.
+    data = min((_trace(cert, args, names, axes, opset, fold) for fold in (False, True)), key=len)
+    if isinstance(path, io.BytesIO):
+        path.write(data)
+    else:
+        with open(os.fspath(path), "wb") as f:
+            f.write(data)
+
+
+def _trace(cert: Certifier, args: tuple, names: list[str], axes: dict, opset: int, fold: bool) -> bytes:
+    """One TorchScript export of ``cert`` (with or without constant folding), compacted."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), _conv_rule_traceable(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(cert, args, target, input_names=names, output_names=["lower", "upper"],
-                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+            torch.onnx.export(cert, args, buf, input_names=names, output_names=["lower", "upper"],
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=fold)
         except Exception as err:  # noqa: BLE001 - report the exporter's reason
             raise BoundcError(f"ONNX export of the bound network failed: {type(err).__name__}: {err}") from err
+    return _compact(buf.getvalue())
+
+
+def _compact(data: bytes) -> bytes:
+    """The same ONNX model, smaller: identical initializers and identical nodes (same op, inputs and
+    attributes: repeated shape arithmetic and constants of the traced graph) merged, short names for
+    intermediate values, no node names and no intermediate shape annotations.  A bound network has
+    many small nodes; their scope-path names and duplicates would otherwise outweigh the parameters.
+    Inputs, outputs and initializers keep their names."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        return data  # sub-graphs capture outer names: leave the model as the exporter wrote it
+    outputs = {v.name for v in g.output}
+    alias: dict[str, str] = {}
+    inits: dict[bytes, str] = {}
+    kept_inits = []
+    for t in g.initializer:
+        key = t.SerializeToString().replace(t.name.encode(), b"")
+        if key in inits and t.name not in outputs:
+            alias[t.name] = inits[key]
+        else:
+            inits.setdefault(key, t.name)
+            kept_inits.append(t)
+    del g.initializer[:]
+    g.initializer.extend(kept_inits)
+    seen: dict[tuple, list[str]] = {}
+    kept = []
+    for n in g.node:
+        n.input[:] = [alias.get(v, v) for v in n.input]
+        key = (n.domain, n.op_type, tuple(n.input), tuple(a.SerializeToString() for a in n.attribute))
+        if key in seen and not n.op_type.startswith("Random") and not outputs.intersection(n.output):
+            alias.update(zip(n.output, seen[key]))
+            continue
+        seen.setdefault(key, list(n.output))
+        kept.append(n)
+    keep = {v.name for v in g.input} | outputs | {t.name for t in g.initializer} | {""}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in short:
+            short[name] = f"t{len(short)}"
+        return short[name]
+
+    for n in kept:
+        n.name = ""
+        n.doc_string = ""
+        n.input[:] = [rename(v) for v in n.input]
+        n.output[:] = [rename(v) for v in n.output]
+    del g.node[:]
+    g.node.extend(kept)
+    del g.value_info[:]
+    return model.SerializeToString()
