@@ -115,6 +115,14 @@ def pool_net(in_shape=(1, 28, 28), num_classes=10) -> nn.Module:
                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * (h // 4) * (w // 4), num_classes))
 
 
+def bn_pool_net(in_shape=(1, 28, 28), num_classes=10) -> nn.Module:
+    """CNN with BatchNorm and average pooling: (conv-BN-ReLU-avgpool) x 2, fc 20, fc."""
+    c, h, w = in_shape
+    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Flatten(), nn.Linear(16 * (h // 4) * (w // 4), 20), nn.ReLU(), nn.Linear(20, num_classes))
+
+
 class KitchenSink(nn.Module):
     """Exercises the rest of the op vocabulary: normalisation, leaky ReLU, hardtanh,
     softplus, conv1d, pad, permute/transpose, concat, mul/div/neg by constants, skips."""
@@ -159,6 +167,7 @@ EXAMPLES: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet": (resnet, "small ResNet with BatchNorm, identity and projection skips"),
     "sigmoid_tanh": (sigmoid_tanh_mlp, "MLP with sigmoid and tanh"),
     "pool": (pool_net, "CNN with average and max pooling"),
+    "bn_pool": (bn_pool_net, "CNN with BatchNorm and average pooling"),
     "kitchen_sink": (kitchen_sink, "every supported op family"),
 }
 
