@@ -212,8 +212,11 @@ def _div(lw: Lowerer, node) -> list:
     a, b = lw.inp(0), lw.inp(1)
     if not isinstance(a, Value) and not isinstance(b, Value):
         return [a / b if a.is_floating_point() or b.is_floating_point() else torch.div(a, b, rounding_mode="trunc")]
-    if isinstance(b, Value):
-        raise Unsupported("division by an input-dependent value")
+    if isinstance(b, Value):  # only x / (1 + |x|) (softsign) is supported: canonicalisation recognises it
+        if not isinstance(a, Value):
+            raise Unsupported("division by an input-dependent value")
+        recip = lw.emit("reciprocal", (b.name,), rank=b.rank)
+        return [lw.emit("mul", (a.name, recip.name), rank=max(a.rank, b.rank))]
     _broadcast_ok(lw, a, b)
     return [lw.emit("mul", (a.name, lw.param(1.0 / b.to(torch.get_default_dtype()), "recip")),
                     rank=max(a.rank, b.dim()))]
@@ -299,6 +302,20 @@ lowering("Relu")(_unary("relu", torch.relu))
 lowering("Sigmoid")(_unary("sigmoid", torch.sigmoid))
 lowering("Tanh")(_unary("tanh", torch.tanh))
 lowering("Softplus")(_unary("softplus", F.softplus, beta=1.0, threshold=20.0))
+lowering("Softsign")(_unary("softsign", F.softsign))
+lowering("Abs")(_unary("abs", torch.abs))
+lowering("Erf")(_unary("erf", torch.erf))
+
+
+@lowering("Gelu")
+def _gelu(lw: Lowerer, node) -> list:
+    """GELU (opset 20), ``approximate`` ``"none"`` (erf) or ``"tanh"``."""
+    x, approximate = lw.inp(0), str(lw.attr("approximate", "none"))
+    if approximate not in ("none", "tanh"):
+        raise Unsupported(f"Gelu approximate={approximate!r}")
+    if not isinstance(x, Value):
+        return [F.gelu(x, approximate=approximate)]
+    return [lw.emit("gelu", (x.name,), rank=x.rank, approximate=approximate)]
 
 
 @lowering("LeakyRelu")

@@ -262,11 +262,10 @@ def _div(lw, node, kw):
     other = kw["other"]
     if isinstance(other, (int, float)):
         return lw.emit(node, "mul", (lw.value(kw["input"]), lw.value(1.0 / other)))
-    if lw.is_batched(other):
-        lw.problems.append(f"division by an input-dependent value at node '{node.name}' ({_source(node)})")
-        return None
+    # by an input-dependent value: only ``x / (1 + |x|)`` (softsign) is supported; canonicalisation
+    # recognises it, and a reciprocal of a perturbed value is reported at compile time otherwise
     recip = lw.g.add(Node(lw.g.fresh_name(node.name + "_recip"), "reciprocal", (lw.value(other),),
-                          shape=tuple(other.meta["val"].shape), source=_source(node)))
+                          shape=tuple(other.meta["val"].shape), batched=lw.is_batched(other), source=_source(node)))
     return lw.emit(node, "mul", (lw.value(kw["input"]), recip.name))
 
 
@@ -282,12 +281,18 @@ def _unary(op: str, **fixed: Any) -> Lowering:
 
 
 for _name, _op in [("relu", "relu"), ("relu_", "relu"), ("sigmoid", "sigmoid"), ("sigmoid_", "sigmoid"),
-                   ("tanh", "tanh"), ("tanh_", "tanh")]:
+                   ("tanh", "tanh"), ("tanh_", "tanh"), ("silu", "silu"), ("silu_", "silu"), ("abs", "abs"),
+                   ("abs_", "abs"), ("erf", "erf"), ("erf_", "erf")]:
     lowering(_name)(_unary(_op))
 
 for _name in ("dropout", "dropout_", "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias",
               "detach", "lift_fresh_copy"):
     lowering(_name)(_unary("identity"))
+
+
+@lowering("gelu", "gelu_")
+def _gelu(lw, node, kw):
+    return lw.emit(node, "gelu", (lw.value(kw["input"]),), approximate=str(kw.get("approximate", "none")))
 
 
 @lowering("leaky_relu", "leaky_relu_")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from boundc.passes.rules.ops import OPS
 
 from boundc.ir import Graph, Node
 
@@ -195,12 +196,13 @@ def _per_output_channel(g: Graph, name: str | None, out_shape: tuple[int, ...], 
 
 @rewrite("scale_shift")
 def fold_into_affine(g: Graph, node: Node, users) -> bool:
-    """``scale_shift(linear/conv(x, W, b), s, t)`` → ``linear/conv(x, W·s, b·s + t)``."""
+    """``scale_shift(linear/conv(x, W, b), s, t)`` → ``linear/conv(x, W·s, b·s + t)`` (ops with a
+    ``channel_dim`` in the op table)."""
     inner = g[node.inputs[0]]
-    if inner.op not in ("linear", "conv") or len(users[inner.name]) != 1 or not inner.perturbed:
+    channel_dim = OPS[inner.op].channel_dim if inner.op in OPS else None
+    if channel_dim is None or len(users[inner.name]) != 1 or not inner.perturbed:
         return False
     _, s, t = node.inputs
-    channel_dim = -1 if inner.op == "linear" else 1
     if len(inner.shape) != len(node.shape):
         return False
     if not (_per_output_channel(g, s, inner.shape, channel_dim) and _per_output_channel(g, t, inner.shape, channel_dim)):
@@ -239,5 +241,84 @@ def merge_reshape_chain(g: Graph, node: Node, users) -> bool:
         return True
     if inner.op == "reshape" and len(users[inner.name]) == 1:
         node.inputs = (inner.inputs[0],)
+        return True
+    return False
+
+
+# -- activations written out: x * sigmoid(x) -> silu(x), x / (1 + |x|) -> softsign(x) -------------
+
+@rewrite("mul")
+def fuse_silu(g: Graph, node: Node, users) -> bool:
+    """``x * sigmoid(x)`` → ``silu(x)`` (how SiLU / swish exports to ONNX)."""
+    a, b = node.inputs
+    for x, s in ((a, b), (b, a)):
+        if x is not None and s is not None and g[s].op == "sigmoid" and g[s].inputs[0] == x:
+            _replace(g, node, "silu", (x,))
+            return True
+    return False
+
+
+def _is_const(g: Graph, name: str | None, value: float, rtol: float = 0.0) -> bool:
+    """``name`` is a constant parameter equal to ``value`` everywhere (up to ``rtol``)."""
+    if name is None or g[name].op != "param":
+        return False
+    t = g.tensor_of(g[name])
+    return t.numel() >= 1 and bool(((t - value).abs() <= rtol * abs(value)).all())
+
+
+def _is_one(g: Graph, name: str | None) -> bool:
+    return _is_const(g, name, 1.0)
+
+
+def _plus_one(g: Graph, name: str, op: str) -> str | None:
+    """``y`` when ``name`` is ``1 + y`` with ``y`` an ``op`` node (``add`` either way round, or
+    ``scale_shift(y, None, 1)``)."""
+    d = g[name]
+    if d.op == "add":
+        for p, c in (d.inputs, d.inputs[::-1]):
+            if p is not None and g[p].op == op and _is_one(g, c):
+                return p
+    if d.op == "scale_shift" and d.inputs[1] is None and g[d.inputs[0]].op == op and _is_one(g, d.inputs[2]):
+        return d.inputs[0]
+    return None
+
+
+def _one_plus_abs_of(g: Graph, name: str) -> str | None:
+    """``x`` when ``name`` is ``1 + |x|``."""
+    p = _plus_one(g, name, "abs")
+    return None if p is None else g[p].inputs[0]
+
+
+@rewrite("mul")
+def fuse_softsign(g: Graph, node: Node, users) -> bool:
+    """``x * reciprocal(1 + |x|)`` → ``softsign(x)`` (how ``F.softsign`` traces: a division)."""
+    a, b = node.inputs
+    for x, r in ((a, b), (b, a)):
+        if x is not None and r is not None and g[r].op == "reciprocal" and _one_plus_abs_of(g, g[r].inputs[0]) == x:
+            _replace(g, node, "softsign", (x,))
+            return True
+    return False
+
+
+@rewrite("mul")
+def fuse_gelu(g: Graph, node: Node, users) -> bool:
+    """``x * (1 + erf(x / sqrt(2)))`` → ``2 * gelu(x)`` (how ONNX before opset 20 writes GELU)."""
+    a, b = node.inputs
+    for x, t in ((a, b), (b, a)):
+        if x is None or t is None:
+            continue
+        e = _plus_one(g, t, "erf")
+        z = None if e is None else g[g[e].inputs[0]]
+        if z is None or z.op not in ("scale_shift", "mul") or z.inputs[0] != x:
+            continue
+        if z.op == "scale_shift" and z.inputs[2] is not None:
+            continue
+        if not _is_const(g, z.inputs[1], 2 ** -0.5, rtol=1e-6):
+            continue
+        gelu = g.insert_before(node.name, Node(g.fresh_name(node.name + "_gelu"), "gelu", (x,),
+                                                {"approximate": "none"}, node.shape, node.batched, node.source))
+        two = g.add_tensor("two", torch.tensor(2.0)).name
+        g.nodes = {two: g.nodes.pop(two), **g.nodes}  # keep topological order
+        _replace(g, node, "scale_shift", (gelu.name, two, None))
         return True
     return False

@@ -77,6 +77,16 @@ def tanh(x: Tensor) -> Tensor:
     return torch.tanh(x)
 
 
+def abs_(x: Tensor) -> Tensor:
+    """``|x|``."""
+    return x.abs()
+
+
+def erf(x: Tensor) -> Tensor:
+    """The error function."""
+    return torch.erf(x)
+
+
 def softsign(x: Tensor) -> Tensor:
     """``x / (1 + |x|)``."""
     return F.softsign(x)

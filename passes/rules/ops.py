@@ -50,7 +50,8 @@ class OpDef:
     * ``relu_prologue``: the interval kernel can apply a preceding ReLU (fusion);
     * ``channel_dim``: output-channel dimension of a weight/bias op (a per-channel affine folds into it).
 
-    ``check(attrs)`` returns a problem (a string) for attribute values the rules do not support.
+    ``check(attrs)`` returns a problem (a string) for attribute values the rules do not support;
+    ``examples``: attribute values the tests generated from the table use.
     """
 
     name: str
@@ -71,6 +72,7 @@ class OpDef:
     channel_dim: int | None = None
     relaxation: Relaxation | None = None
     check: Callable[[dict], str | None] | None = None
+    examples: tuple[dict, ...] = ({},)
 
 
 #: Every IR op by name.
@@ -139,14 +141,20 @@ defop("spec_linear", "(x, weight, bias?, C) -> C @ (x @ weight.T + bias): the el
 
 # -- piecewise-linear non-linear ops ---------------------------------------------------------
 defop("relu", "(x) max(x, 0)", C.relu, elementwise=True, monotone=True, piecewise_linear=True,
-      needs_bounds=True, relaxation=Relaxation(R.relu_lines, AlphaSpec(1, R.relu_alpha_init)))
+      needs_bounds=True, relaxation=Relaxation(R.relu_lines, AlphaSpec(1, R.relu_alpha_init), kinks=lambda: (0.0,)))
 defop("leaky_relu", "(x) attrs negative_slope (>= 0)", C.leaky_relu, ("negative_slope",), elementwise=True,
       monotone=True, piecewise_linear=True, needs_bounds=True,
-      relaxation=Relaxation(R.leaky_relu_lines, AlphaSpec(1, R.leaky_relu_alpha_init)),
-      check=lambda a: ("leaky_relu with a negative slope is not monotone" if a["negative_slope"] < 0 else None))
+      relaxation=Relaxation(R.leaky_relu_lines, AlphaSpec(1, R.leaky_relu_alpha_init),
+                            kinks=lambda negative_slope: (0.0,)),
+      check=lambda a: ("leaky_relu with a negative slope is not monotone" if a["negative_slope"] < 0 else None),
+      examples=({"negative_slope": 0.1}, {"negative_slope": 2.0}))
 defop("hardtanh", "(x) attrs min_val, max_val (clamp)", C.hardtanh, ("min_val", "max_val"), elementwise=True,
       monotone=True, piecewise_linear=True, needs_bounds=True,
-      relaxation=Relaxation(R.hardtanh_lines, AlphaSpec(1, R.hardtanh_alpha_init)))
+      relaxation=Relaxation(R.hardtanh_lines, AlphaSpec(1, R.hardtanh_alpha_init),
+                            kinks=lambda min_val, max_val: (float(min_val), float(max_val))),
+      examples=({"min_val": -1.0, "max_val": 2.0}, {"min_val": 0.0, "max_val": float("inf")}))
+defop("abs", "(x) |x|", C.abs_, elementwise=True, piecewise_linear=True, needs_bounds=True,
+      relaxation=Relaxation(R.abs_lines, AlphaSpec(1, R.abs_alpha_init), R.abs_interval, kinks=lambda: (0.0,)))
 defop("max_pool2d", "(x) 2-d max pooling", C.max_pool2d,
       ("kernel_size", "stride", "padding", "dilation", "ceil_mode"), monotone=True, piecewise_linear=True,
       needs_bounds=True)
@@ -156,14 +164,18 @@ defop("sigmoid", "(x) logistic sigmoid", C.sigmoid, elementwise=True, monotone=T
       relaxation=R.smooth_relaxation(lambda: R.SIGMOID))
 defop("tanh", "(x) hyperbolic tangent", C.tanh, elementwise=True, monotone=True, needs_bounds=True,
       relaxation=R.smooth_relaxation(lambda: R.TANH))
+defop("erf", "(x) the error function", C.erf, elementwise=True, monotone=True, needs_bounds=True,
+      relaxation=R.smooth_relaxation(lambda: R.ERF))
 defop("softsign", "(x) x / (1 + |x|)", C.softsign, elementwise=True, monotone=True, needs_bounds=True,
       relaxation=R.smooth_relaxation(lambda: R.SOFTSIGN))
 defop("softplus", "(x) log(1 + exp(beta x)) / beta, attrs beta, threshold", C.softplus, ("beta", "threshold"),
-      elementwise=True, monotone=True, needs_bounds=True, relaxation=R.smooth_relaxation(R.softplus_fn))
+      elementwise=True, monotone=True, needs_bounds=True, relaxation=R.smooth_relaxation(R.softplus_fn),
+      examples=({"beta": 1.0, "threshold": 20.0}, {"beta": 3.0, "threshold": 5.0}))
 defop("gelu", "(x) x * Phi(x); attrs approximate ('none': erf, 'tanh': the tanh formula)", C.gelu,
       ("approximate",), elementwise=True, needs_bounds=True,
       relaxation=R.smooth_relaxation(lambda approximate: R.GELU[approximate], C.gelu),
-      check=lambda a: (None if a["approximate"] in R.GELU else f"gelu approximate={a['approximate']!r}"))
+      check=lambda a: (None if a["approximate"] in R.GELU else f"gelu approximate={a['approximate']!r}"),
+      examples=({"approximate": "none"}, {"approximate": "tanh"}))
 defop("silu", "(x) x * sigmoid(x) (swish)", C.silu, elementwise=True, needs_bounds=True,
       relaxation=R.smooth_relaxation(lambda: R.SILU, C.silu))
 
@@ -185,4 +197,5 @@ defop("chain_bias", "(w2, b1?, b2?) bias of two chained linear layers", C.chain_
 defop("compose_scale", "(s1?, s2?) scale of two chained scale_shifts", C.compose_scale)
 defop("compose_shift", "(t1?, s2?, t2?) shift of two chained scale_shifts", C.compose_shift)
 defop("neg", "(x) -x", C.neg)
-defop("reciprocal", "(x) 1 / x", C.reciprocal)
+defop("reciprocal", "(x) 1 / x (of a constant: division by an input-dependent value is not supported)",
+      C.reciprocal, check=lambda a: "division by an input-dependent value")

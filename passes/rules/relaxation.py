@@ -77,12 +77,15 @@ class Relaxation:
 
     ``lines(l, u, mode, alpha, **attrs) -> Lines`` (sound for any ``alpha``);
     ``alpha``: its free parameters, or ``None``; ``interval(l, u, **attrs) -> (lo, hi)``:
-    the exact image of ``[l, u]`` for ops that are not monotone (``None``: map the end points).
+    the exact image of ``[l, u]`` for ops that are not monotone (``None``: map the end points);
+    ``kinks(**attrs)``: the break points of a piecewise-linear op (the lines are exact on a box
+    holding none strictly inside), ``None`` for a curved op (every box is relaxed).
     """
 
     lines: Callable[..., Lines]
     alpha: AlphaSpec | None = None
     interval: Callable[..., tuple[Tensor, Tensor]] | None = None
+    kinks: Callable[..., tuple[float, ...]] | None = None
 
 
 def _fp_slack(t: Tensor) -> Tensor:
@@ -156,6 +159,22 @@ def leaky_relu_alpha_init(l: Tensor, u: Tensor, *, negative_slope: float) -> Ten
     return s.unsqueeze(0)
 
 
+def abs_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None) -> Lines:
+    """``|x|`` (``max(-x, x)``, convex): upper chord; lower through the origin, slope ``alpha[0]`` in [-1, 1]."""
+    return _kink(l, u, mode, _first(alpha), -1.0, 1.0)
+
+
+def abs_alpha_init(l: Tensor, u: Tensor) -> Tensor:
+    """CROWN's lower slope of ``|x|`` (1 if ``u > -l`` else -1), shape ``(1, *l.shape)``."""
+    return _adaptive(l, u, -1.0, 1.0).unsqueeze(0)
+
+
+def abs_interval(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    """The exact image of ``[l, u]`` under ``|x|``."""
+    lo = torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.minimum(l.abs(), u.abs()))
+    return lo, torch.maximum(l.abs(), u.abs())
+
+
 def hardtanh_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, *,
                    min_val: float, max_val: float) -> Lines:
     """Clamp to ``[lo, hi]``: exact in each piece; one kink crossed: ReLU-like (``alpha[0]`` the free slope
@@ -212,9 +231,12 @@ class Smooth:
 
     ``f``, ``df``: the function and its derivative (elementwise, any dtype);
     ``inflections``: the sorted points where the convexity changes; ``convex_first``:
-    convex on ``(-inf, inflections[0]]``; ``slack``: an absolute error of the op's
-    eval function against ``f`` (softplus's threshold); ``argmin`` / ``minimum``: the
-    global minimiser and minimum of a non-monotone (unimodal) ``f``.
+    convex on ``(-inf, inflections[0]]``; ``slack``: how far the op's eval function can lie
+    *below* ``f`` for ``x > slack_above`` (softplus switches to ``x`` above its threshold);
+    ``eval_ulps``: the eval function's rounding error in units of ``eps * (1 + |x|)``
+    (``F.gelu`` cancels in ``1 + erf`` for ``x << 0``); ``monotone``: non-decreasing (slopes
+    are kept >= 0); ``argmin`` / ``minimum``: the global minimiser and minimum of a
+    non-monotone (unimodal) ``f``.
     """
 
     f: Callable[[Tensor], Tensor]
@@ -222,6 +244,7 @@ class Smooth:
     inflections: tuple[float, ...] = ()
     convex_first: bool = True
     slack: float = 0.0
+    slack_above: float = math.inf
     eval_ulps: float = 0.0
     monotone: bool = True
     argmin: float | None = None
@@ -375,8 +398,12 @@ def _line(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
     b = _max_gap(side, s, l, u)
     reach = torch.maximum(l.abs(), u.abs())
     eps = torch.finfo(b.dtype).eps
-    return (b + _fp_slack(b) + _fp_slack(s * reach) + eps * (side.F(l).abs() + side.F(u).abs()) + side.fn.slack
-            + side.fn.eval_ulps * eps * (1 + reach))
+    b = b + _fp_slack(b) + _fp_slack(s * reach) + eps * (side.F(l).abs() + side.F(u).abs())
+    if side.fn.eval_ulps:
+        b = b + side.fn.eval_ulps * eps * (1 + reach)
+    if side.fn.slack and side.sign < 0:  # only the lower line of f must reach below the eval function
+        b = b + torch.where(u > side.fn.slack_above, side.fn.slack, 0.0)
+    return b
 
 
 def smooth_lines(fn: Smooth, l: Tensor, u: Tensor, alpha: Tensor | None = None) -> Lines:
@@ -498,12 +525,17 @@ def _unimodal(f: Callable, df: Callable, left: tuple[float, float], right: tuple
                   minimum=fmin)
 
 
+def _derf(x: Tensor) -> Tensor:
+    return (2 / math.sqrt(math.pi)) * torch.exp(-x * x)
+
+
 SIGMOID = Smooth(torch.sigmoid, _dsigmoid, (0.0,))
+ERF = Smooth(torch.erf, _derf, (0.0,))
 TANH = Smooth(torch.tanh, _dtanh, (0.0,))
 SOFTSIGN = Smooth(_softsign, _dsoftsign, (0.0,))
 SILU = _unimodal(F.silu, _dsilu, (-3.0, -2.0), (2.0, 3.0), (-2.0, -1.0))
-GELU = {"none": _unimodal(_gelu_erf, _dgelu_erf, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=16),
-        "tanh": _unimodal(_gelu_tanh, _dgelu_tanh, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=16)}
+GELU = {"none": _unimodal(_gelu_erf, _dgelu_erf, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=4),
+        "tanh": _unimodal(_gelu_tanh, _dgelu_tanh, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=2)}
 
 
 @cache
@@ -517,7 +549,8 @@ def softplus_fn(beta: float, threshold: float) -> Smooth:
     def df(x: Tensor) -> Tensor:
         return torch.sigmoid(beta * x)
 
-    return Smooth(f, df, (), convex_first=True, slack=math.log1p(math.exp(-threshold)) / beta)
+    return Smooth(f, df, (), convex_first=True, slack=math.log1p(math.exp(-threshold)) / beta,
+                  slack_above=threshold / beta)
 
 
 def _smooth(fn_of: Callable[..., Smooth]) -> tuple[Callable[..., Lines], Callable[..., Tensor]]:
