@@ -255,7 +255,7 @@ def test_shared_is_explained_in_readme_and_skip_reasons(tmp_path, monkeypatch):
     import conftest
 
     readme = (ROOT / "README.md").read_text()
-    assert "**`../shared`.**" in readme and "34 tests skip" in readme and "BOUNDC_DATA" in readme
+    assert "**`../shared`.**" in readme and "40 tests skip" in readme and "BOUNDC_DATA" in readme
     monkeypatch.setattr(conftest, "SHARED", tmp_path / "no-shared")
     with pytest.raises(pytest.skip.Exception, match="project's folder beside the repository"):
         conftest.shared_path("vnncomp")
