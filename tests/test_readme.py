@@ -45,6 +45,7 @@ def readme_commands() -> list[str]:
     """Every ``boundc …`` command of the README's ```bash blocks (also inside ``a && b`` chains), comments cut."""
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S):
+        block = re.sub(r"\\\n\s*", " ", block)           # join continued lines
         for line in block.splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith("#"):
