@@ -1,7 +1,8 @@
 """The boundc intermediate representation: a small, closed vocabulary of ops.
 
 Both frontends (PyTorch, ONNX) lower onto this IR; every analysis pass and bound
-rule downstream sees only IR ops.  A :class:`Graph` is a list of :class:`Node`
+rule downstream sees only IR ops.  The vocabulary itself — what each op computes,
+its attributes and traits — is the op table ``boundc.passes.rules.ops.OPS``.  A :class:`Graph` is a list of :class:`Node`
 objects in topological order.  Values are referred to by node name.
 
 Conventions
@@ -24,39 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-#: Every op of the IR, with a one-line meaning.  Inputs are listed in order;
-#: ``?`` marks an optional input (the node input is ``None``).
-OPS: dict[str, str] = {
-    "input": "the perturbed network input (one per graph)",
-    "clean_input": "the unperturbed input the box was built around (batch statistics)",
-    "param": "a live tensor of the source model or a constant: attrs target",
-    "linear": "(x, weight, bias?) -> x @ weight.T + bias",
-    "conv": "(x, weight, bias?) N-d convolution: attrs stride, padding, dilation, groups",
-    "scale_shift": "(x, scale?, shift?) -> x * scale + shift, constants broadcast",
-    "add": "(x, y) elementwise sum of two values",
-    "sub": "(x, y) elementwise difference of two values",
-    "mul": "(x, y) elementwise product of two values",
-    "relu": "(x)",
-    "leaky_relu": "(x) attrs negative_slope",
-    "sigmoid": "(x)",
-    "tanh": "(x)",
-    "hardtanh": "(x) attrs min_val, max_val (clamp)",
-    "softplus": "(x) attrs beta, threshold",
-    "reshape": "(x) attrs shape (batch dimension written as -1)",
-    "permute": "(x) attrs dims",
-    "avg_pool2d": "(x) attrs kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override",
-    "adaptive_avg_pool2d": "(x) attrs output_size",
-    "max_pool2d": "(x) attrs kernel_size, stride, padding, dilation, ceil_mode",
-    "concat": "(x0, x1, ...) attrs dim",
-    "pad": "(x) attrs pad, mode, value",
-    "batch_norm": "(x, weight?, bias?, running_mean?, running_var?) attrs training, eps",
-    "batch_mean": "(x) per-channel mean over all but dim 1, shape (C,)",
-    "batch_var": "(x) per-channel biased variance over all but dim 1, shape (C,)",
-    "identity": "(x)",
-    "spec": "(y, C) -> C @ y for a batched spec matrix C (B, S, K)",
-    "spec_linear": "(x, weight, bias?, C) -> C @ (x @ weight.T + bias): the elided last layer",
-}
 
 
 @dataclass

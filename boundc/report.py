@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from boundc.passes.rules.engine import relaxation_kinks
 from boundc.passes.rules.interval import Interval
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def report(bm: BoundModule, x_lower: Tensor, x_upper: Tensor) -> str:
     """A table: node, op, mean / max bound width, unstable ReLU inputs (l < 0 < u) per node and in total."""
     bounds = node_bounds(bm, x_lower, x_upper)
     g = bm.graph
-    relu_inputs = {n.inputs[0] for n in g if n.op in ("relu", "leaky_relu") and n.perturbed}
+    relu_inputs = {n.inputs[0] for n in g if n.perturbed and relaxation_kinks(n.op, n.attrs) == (0.0,)}
     rows = [("node", "op", "mean width", "max width", "unstable")]
     total = 0
     for n in g:

@@ -48,7 +48,7 @@ def supported_ops() -> dict[str, list[str]]:
 
     from boundc.frontends import onnx as _onnx  # noqa: F401  (importing it registers the ONNX lowerings)
     from boundc.frontends import torch_export
-    from boundc.ir import OPS
+    from boundc.passes.rules.ops import OPS
 
     try:
         onnx_table = importlib.import_module("boundc.frontends.onnx_lowering")

@@ -40,12 +40,12 @@ from boundc.errors import BoundcError
 from boundc.ir import Graph, Node
 from boundc.passes.graph.analysis import evaluate
 from boundc.passes.rules.interval import Interval
+from boundc.passes.rules.ops import OPS
 from boundc.passes.rules.registry import get_rule
 from boundc.verify.cascade import Verdict
 
-#: Ops that are affine in their perturbed inputs (their constants are fixed).
-AFFINE_OPS = frozenset({"linear", "conv", "scale_shift", "add", "sub", "mul", "reshape", "permute", "identity",
-                        "avg_pool2d", "adaptive_avg_pool2d", "pad", "concat"})
+#: Ops that are affine in their perturbed inputs (their constants are fixed): the op table's ``affine`` trait.
+AFFINE_OPS = frozenset(op for op, d in OPS.items() if d.affine and not d.reads_spec)
 
 #: Relative widening of the given node bounds before they become big-M constants.
 BOUND_SLACK = 1e-6

@@ -1,6 +1,7 @@
 """IR fusion for the interval (IBP) method: ``relu -> linear/conv`` becomes one fused call.
 
-A ``relu`` whose only reader is a perturbed ``linear`` or ``conv`` (as its data
+A ``relu`` whose only reader is a perturbed op with the ``relu_prologue`` trait
+(``linear``, ``conv``: their interval kernels apply a ReLU on load) (as its data
 input, possibly through a single-use ``reshape``, which commutes with ReLU) is
 removed and the affine node gets ``attrs["relu_input"] = True``; the interval
 rules then apply the ReLU to the incoming bounds in the kernel prologue (see
@@ -14,9 +15,9 @@ concrete (``eval``) rules see.  It returns a new graph; the input is unchanged.
 
 from __future__ import annotations
 
-from boundc.ir import Graph
+from boundc.passes.rules.ops import has
 
-AFFINE_OPS = ("linear", "conv")
+from boundc.ir import Graph
 
 
 def _single_use(g: Graph, users: dict[str, list[str]], name: str, reader: str) -> bool:
@@ -30,7 +31,7 @@ def fuse_relu_affine(g: Graph, kernels: str = "auto") -> Graph:
     users = g.users()
     changed = False
     for n in g:
-        if n.op not in AFFINE_OPS or not n.perturbed or not n.inputs or n.inputs[0] is None:
+        if not has(n.op, "relu_prologue") or not n.perturbed or not n.inputs or n.inputs[0] is None:
             continue
         if n.attrs.get("relu_input", False):
             continue
@@ -47,7 +48,7 @@ def fuse_relu_affine(g: Graph, kernels: str = "auto") -> Graph:
             changed = True
     if kernels != "auto":
         for n in g:
-            if n.op in AFFINE_OPS and n.perturbed:
+            if has(n.op, "relu_prologue") and n.perturbed:
                 n.attrs["backend"] = kernels
     if changed:
         g.remove_dead()

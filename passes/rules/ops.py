@@ -141,20 +141,23 @@ defop("spec_linear", "(x, weight, bias?, C) -> C @ (x @ weight.T + bias): the el
 
 # -- piecewise-linear non-linear ops ---------------------------------------------------------
 defop("relu", "(x) max(x, 0)", C.relu, elementwise=True, monotone=True, piecewise_linear=True,
-      needs_bounds=True, relaxation=Relaxation(R.relu_lines, AlphaSpec(1, R.relu_alpha_init), kinks=lambda: (0.0,)))
+      needs_bounds=True, relaxation=Relaxation(R.relu_lines, AlphaSpec(1, R.relu_alpha_init, R.slope_projection(0.0, 1.0)),
+                                               kinks=lambda: (0.0,)))
 defop("leaky_relu", "(x) attrs negative_slope (>= 0)", C.leaky_relu, ("negative_slope",), elementwise=True,
       monotone=True, piecewise_linear=True, needs_bounds=True,
-      relaxation=Relaxation(R.leaky_relu_lines, AlphaSpec(1, R.leaky_relu_alpha_init),
+      relaxation=Relaxation(R.leaky_relu_lines, AlphaSpec(1, R.leaky_relu_alpha_init, R.leaky_relu_project),
                             kinks=lambda negative_slope: (0.0,)),
       check=lambda a: ("leaky_relu with a negative slope is not monotone" if a["negative_slope"] < 0 else None),
       examples=({"negative_slope": 0.1}, {"negative_slope": 2.0}))
 defop("hardtanh", "(x) attrs min_val, max_val (clamp)", C.hardtanh, ("min_val", "max_val"), elementwise=True,
       monotone=True, piecewise_linear=True, needs_bounds=True,
-      relaxation=Relaxation(R.hardtanh_lines, AlphaSpec(1, R.hardtanh_alpha_init),
+      relaxation=Relaxation(R.hardtanh_lines,
+                            AlphaSpec(1, R.hardtanh_alpha_init, R.slope_projection(0.0, 1.0)),
                             kinks=lambda min_val, max_val: (float(min_val), float(max_val))),
       examples=({"min_val": -1.0, "max_val": 2.0}, {"min_val": 0.0, "max_val": float("inf")}))
 defop("abs", "(x) |x|", C.abs_, elementwise=True, piecewise_linear=True, needs_bounds=True,
-      relaxation=Relaxation(R.abs_lines, AlphaSpec(1, R.abs_alpha_init), R.abs_interval, kinks=lambda: (0.0,)))
+      relaxation=Relaxation(R.abs_lines, AlphaSpec(1, R.abs_alpha_init, R.slope_projection(-1.0, 1.0)),
+                            R.abs_interval, kinks=lambda: (0.0,)))
 defop("max_pool2d", "(x) 2-d max pooling", C.max_pool2d,
       ("kernel_size", "stride", "padding", "dilation", "ceil_mode"), monotone=True, piecewise_linear=True,
       needs_bounds=True)

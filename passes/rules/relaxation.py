@@ -65,10 +65,13 @@ class Mode(str, enum.Enum):
 @dataclass(frozen=True)
 class AlphaSpec:
     """The free parameters of a relaxation: ``size`` per neuron, ``init(l, u, **attrs)`` of shape
-    ``(size, *l.shape)`` gives the CROWN choice."""
+    ``(size, *l.shape)`` gives the CROWN choice; ``project(alpha, l, u, **attrs)`` maps any ``alpha``
+    into its useful range (the lines do the same internally, so any ``alpha`` is sound; projecting
+    the optimiser's iterates keeps their gradients alive)."""
 
     size: int
     init: Callable[..., Tensor]
+    project: Callable[..., Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,21 @@ def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos
 def _adaptive(l: Tensor, u: Tensor, neg: float, pos: float) -> Tensor:
     """CROWN's adaptive lower slope of a kink at 0: ``pos`` if ``u > -l`` else ``neg``."""
     return torch.where(u > -l, torch.full_like(u, pos), torch.full_like(u, neg))
+
+
+def slope_projection(lo: float, hi: float) -> Callable[..., Tensor]:
+    """A projection of free slopes onto ``[lo, hi]`` (for :class:`AlphaSpec`)."""
+
+    def project(alpha: Tensor, l: Tensor, u: Tensor, **attrs) -> Tensor:
+        return alpha.clamp(lo, hi)
+
+    return project
+
+
+def leaky_relu_project(alpha: Tensor, l: Tensor, u: Tensor, *, negative_slope: float) -> Tensor:
+    """Free slope of leaky ReLU onto ``[min(a, 1), max(a, 1)]``."""
+    a = float(negative_slope)
+    return alpha.clamp(min(a, 1.0), max(a, 1.0))
 
 
 def relu_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None) -> Lines:
@@ -422,6 +440,11 @@ def smooth_lines(fn: Smooth, l: Tensor, u: Tensor, alpha: Tensor | None = None) 
     return Lines(-ls, -lb, us, ub)
 
 
+def tangent_projection(alpha: Tensor, l: Tensor, u: Tensor, **attrs) -> Tensor:
+    """Tangent points onto ``[l, u]``."""
+    return torch.minimum(torch.maximum(alpha, l), u)
+
+
 def smooth_alpha_init(fn: Smooth, l: Tensor, u: Tensor) -> Tensor:
     """The tangent points (upper, lower) of CROWN's lines, shape ``(2, *l.shape)``."""
     _, du = _crown_slope(_Side(fn, 1.0), l, u, want_point=True)
@@ -573,7 +596,7 @@ def smooth_relaxation(fn_of: Callable[..., Smooth], eval_fn: Callable[..., Tenso
     if eval_fn is not None:
         def interval(l: Tensor, u: Tensor, **attrs) -> tuple[Tensor, Tensor]:
             return unimodal_interval(fn_of(**attrs), lambda x: eval_fn(x, **attrs), l, u)
-    return Relaxation(lines, AlphaSpec(2, init), interval)
+    return Relaxation(lines, AlphaSpec(2, init, tangent_projection), interval)
 
 
 def relax(op: str, l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, **attrs) -> Lines:
