@@ -21,7 +21,7 @@ from boundc.passes.rules.registry import get_rule
 from boundc.passes.rules.relaxation import softplus_fn
 
 import boundc
-from boundc import codegen
+from boundc import codegen, examples
 from boundc.bound_module import BoundModule
 from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
@@ -153,3 +153,68 @@ def test_linear_methods_beat_ibp(op: str, attrs: dict) -> None:
         width[m] = float((up - lo).mean())
     assert width["crown"] <= width["ibp"] * 1.001 + 1e-6
     assert width["alpha-crown"] <= width["crown"] + 1e-5
+
+
+# -- the new activations through the frontends -------------------------------------------------
+
+class _Swish(torch.nn.Module):
+    """SiLU written out (``x * sigmoid(x)``): canonicalised to ``silu``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+FRONTEND_ACTS = {
+    "gelu": lambda: torch.nn.GELU(),
+    "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh"),
+    "silu": lambda: torch.nn.SiLU(),
+    "swish": _Swish,
+    "softsign": lambda: torch.nn.Softsign(),
+}
+IR_OP = {"gelu": "gelu", "gelu_tanh": "gelu", "silu": "silu", "swish": "silu", "softsign": "softsign"}
+
+
+def _mlp(act: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return examples.mlp(in_shape=(1, 4, 4), num_classes=5, hidden=(16, 16), act=FRONTEND_ACTS[act]).eval()
+
+
+@pytest.mark.parametrize("act", list(FRONTEND_ACTS))
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_models_sound(act: str, method: str) -> None:
+    """GELU, SiLU and softsign MLPs from torch: lowered to one IR op each, sound under every method."""
+    model = _mlp(act)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    bm = boundc.compile(model, x, method=method)
+    assert IR_OP[act] in {n.op for n in bm.graph}
+    xl, xu = boundc.linf_box(x, 0.1)
+    check_sound(bm, model, xl, xu, samples=16, pgd_steps=6, method_name=f"{method}/{act}")
+    C = boundc.margin_spec(model(x).argmax(1), 5)
+    check_sound(bm, model, xl, xu, C, samples=16, pgd_steps=6, method_name=f"{method}/{act} spec")
+    with torch.no_grad():
+        lo, up = bm(x, x)
+        y = model(x)
+    assert torch.allclose(lo, y, atol=2e-5, rtol=1e-5) and torch.allclose(up, y, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("act", list(FRONTEND_ACTS))
+@pytest.mark.parametrize("opset", [17, 20])
+def test_onnx_models_match_torch(act: str, opset: int, tmp_path) -> None:
+    """ONNX exports (``Gelu`` at opset 20, the erf pattern before; ``Softsign`` as Abs/Add/Div; SiLU as
+    ``x * Sigmoid(x)``) lower to the same IR op and give the torch model's bounds."""
+    if act == "gelu_tanh" and opset < 20:
+        pytest.skip("tanh-GELU exports as x**3 arithmetic before opset 20")
+    model = _mlp(act)
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    path = tmp_path / f"{act}.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})
+    bo = boundc.compile(str(path), method="crown")
+    bt = boundc.compile(model, x, method="crown")
+    assert IR_OP[act] in {n.op for n in bo.graph}
+    xl, xu = boundc.linf_box(x, 0.05)
+    with torch.no_grad():
+        lo, uo = bo(xl, xu)
+        lt, ut = bt(xl, xu)
+    torch.testing.assert_close(lo, lt, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uo, ut, atol=1e-5, rtol=1e-5)
