@@ -239,8 +239,10 @@ def hardtanh_alpha_init(l: Tensor, u: Tensor, *, min_val: float, max_val: float)
 
 # -- smooth activations ------------------------------------------------------------
 
-#: Bisection steps for tangent points and for the extremes of f(x) - s x.
+#: Bisection steps for tangent points (first-order in the bracket) and for the extremes of f(x) - s x
+#: (bounded rigorously by the tangents at the bracket's ends: second-order, so fewer steps do).
 _ITERS = 30
+_GAP_ITERS = 20
 
 
 @dataclass(frozen=True)
@@ -294,9 +296,10 @@ class _Side:
         return self.sign * self.fn.df(x)
 
 
-def _bisect(fn: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, increasing: bool) -> tuple[Tensor, Tensor]:
+def _bisect(fn: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, increasing: bool,
+            iters: int = _ITERS) -> tuple[Tensor, Tensor]:
     """A bracket ``[lo, hi]`` of the root of a monotone ``fn`` on ``[lo, hi]`` (an end point if none)."""
-    for _ in range(_ITERS):
+    for _ in range(iters):
         mid = (lo + hi) / 2
         right = (fn(mid) < 0) if increasing else (fn(mid) > 0)  # the root lies right of mid
         lo = torch.where(right, mid, lo)
@@ -327,7 +330,7 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
         best = torch.maximum(best, gap(torch.minimum(torch.maximum(l.new_tensor(p).expand_as(l), l), u)))
     for region in side.caps:
         a, b, ok = _piece(l, u, region)
-        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False)
+        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False, iters=_GAP_ITERS)
         # on the bracket the concave gap lies below its tangents at lo and at hi: bound it by their meeting point
         glo, ghi = gap(lo), gap(hi)
         slo, shi = side.dF(lo) - s, side.dF(hi) - s
@@ -371,10 +374,11 @@ def _crown_slope(side: _Side, l: Tensor, u: Tensor, want_point: bool = False) ->
     w = u - l
     secant = torch.where(w > 0, (side.F(u) - side.F(l)) / torch.where(w > 0, w, torch.ones_like(w)), side.dF(m))
     cands: list[tuple[Tensor, Tensor | None]] = [(side.dF(m), m), (secant, None)]
-    for region in side.caps:
-        for x0, right in ((l, True), (u, False)):
-            d = _through(side, x0, l, u, region, right)
-            cands.append((side.dF(d), d))
+    for region in side.caps:  # through l (u) only where [l, u] can reach left (right) of the region
+        for x0, right, beyond in ((l, True, region[0]), (u, False, region[1])):
+            if math.isfinite(beyond):
+                d = _through(side, x0, l, u, region, right)
+                cands.append((side.dF(d), d))
     best_s = best_v = best_d = None
     for s, d in cands:
         v = s * m + _max_gap(side, s, l, u)
