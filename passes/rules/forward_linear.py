@@ -155,8 +155,6 @@ def _monotone_linear(fn: Callable[..., Tensor]) -> Callable[..., Symbolic]:
     return forward
 
 
-for _op in ("reshape", "permute", "pad", "avg_pool2d", "adaptive_avg_pool2d"):
-    rule(_op, DOMAIN)(_monotone_linear(getattr(concrete, _op)))
 
 
 @rule("concat", DOMAIN)
@@ -188,8 +186,14 @@ def _activation(op: str) -> Callable[..., Symbolic]:
 
 @deriver(DOMAIN)
 def derive(d: OpDef) -> Callable[..., Symbolic] | None:
-    """The forward rule of an elementwise activation: its relaxation's lines (``None`` for other ops)."""
-    return _activation(d.name) if d.relaxation is not None and d.elementwise else None
+    """The forward rule from the op table: an elementwise activation's relaxation lines; for a single-input
+    op that is affine and monotone (reshape, permute, pad, average pooling) its eval function on coefficient
+    rows and biases; ``None`` for other ops."""
+    if d.relaxation is not None and d.elementwise:
+        return _activation(d.name)
+    if d.affine and d.monotone and d.eval is not None:
+        return _monotone_linear(d.eval)
+    return None
 
 
 @rule("max_pool2d", DOMAIN)
