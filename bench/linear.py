@@ -1,10 +1,20 @@
-"""Benchmark of the linear-relaxation methods: time, peak memory and mean margin lower bound, side by side.
+"""Scoreboard of the linear-relaxation engine: time, peak memory and mean margin bound, side by side.
 
-``python bench/linear.py [--batch 64] [--eps 0.01]`` runs IBP, CROWN-IBP, CROWN and α-CROWN (20 Adam
-steps) on the IBP paper's small and medium CNNs and the zoo ResNet (MNIST-shaped inputs, margins
-spec) and prints one table.  Each (model, method) runs in a fresh subprocess so that its peak
-resident memory (``ru_maxrss`` minus the compiled-but-idle baseline) is its own.  CROWN and
-α-CROWN use ``LinearOptions(intersect_ibp=True)``: backward passes only for neurons IBP leaves unstable.
+``python bench/linear.py [--batches 16,64] [--eps 0.01] [--models ...] [--methods ...]`` compiles
+each model (MNIST-shaped input, random weights, margins spec with 9 rows) with IBP, CROWN-IBP,
+CROWN and α-CROWN (20 Adam steps) and prints, per batch size, one row per (model, method):
+
+* ``time``: one bound call (after a warm-up call on 2 samples), and the same as a multiple of
+  one clean forward of the model at that batch size (``× fwd``);
+* ``peak MB``: resident-memory growth of the call (``ru_maxrss``; every (model, method, batch)
+  runs in a fresh subprocess so the peak is its own);
+* ``coef MB``: the largest tensor of rank ≥ 3 the call creates (coefficient tensors are
+  ``(batch, rows, ...)``), found in a second, untimed call under a dispatch mode;
+* ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter).
+
+Then the targets of the engine issue as ratios inside this run: CROWN / forward ≤ 300,
+α-CROWN / CROWN ≤ 30, CROWN-IBP / IBP ≤ 4, peak / largest coefficient tensor ≤ 2.
+Run it with one torch thread on a shared CPU (``--threads``, default 1).
 """
 
 from __future__ import annotations
@@ -17,10 +27,30 @@ import sys
 import time
 
 METHODS = ["ibp", "crown-ibp", "crown", "alpha-crown"]
-MODELS = ["small", "medium", "resnet"]
+MODELS = ["small", "medium", "resnet", "bn_pool"]
 
 
-def run_one(model: str, method: str, batch: int, eps: float) -> dict:
+def _largest_tensor_mb(fn) -> float:
+    """MB of the largest rank >= 3 tensor any aten op returns while ``fn()`` runs."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        biggest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.dim() >= 3:
+                    Largest.biggest = max(Largest.biggest, t.numel() * t.element_size())
+            return out
+
+    with Largest():
+        fn()
+    return Largest.biggest / 2**20
+
+
+def run_one(model: str, method: str, batch: int, eps: float, threads: int) -> dict:
     """Compile and time one method on one model; returns a dict of figures."""
     import torch
 
@@ -28,6 +58,7 @@ def run_one(model: str, method: str, batch: int, eps: float) -> dict:
     from boundc import examples
     from boundc.options import CompileOptions, LinearOptions
 
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = examples.build(model)
     x = torch.rand(batch, 1, 28, 28)
@@ -38,48 +69,70 @@ def run_one(model: str, method: str, batch: int, eps: float) -> dict:
     xl, xu = boundc.linf_box(x, eps)
     with torch.no_grad():
         bm(xl[:2], xu[:2], C[:2])  # warm-up
+        m(x)
+        t = time.perf_counter()
+        for _ in range(10):
+            m(x)
+        forward = (time.perf_counter() - t) / 10
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     with torch.no_grad():
         lower, _ = bm(xl, xu, C)
     dt = time.perf_counter() - t
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
-    return {"time": dt, "margin": lower.mean().item(), "verified": (lower > 0).all(1).float().mean().item(),
-            "peak_mb": peak}
+    with torch.no_grad():
+        coef = _largest_tensor_mb(lambda: bm(xl, xu, C))
+    return {"time": dt, "forward": forward, "margin": lower.mean().item(), "peak_mb": peak, "coef_mb": coef,
+            "verified": (lower > 0).all(1).float().mean().item()}
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None or b == 0 else f"{a / b:.1f}"
 
 
 def main() -> None:
-    """Run every (model, method) in a subprocess and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--eps", type=float, default=0.01)
-    ap.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
-    ap.add_argument("--models", default=",".join(MODELS))
+    """Run every (batch, model, method) in a subprocess and print the table and the target ratios."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="16,64", help="comma-separated batch sizes")
+    ap.add_argument("--eps", type=float, default=0.01, help="L-inf radius of the input box")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--json", help="also write every figure to this JSON file")
+    ap.add_argument("--one", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one[0], a.one[1], a.batch, a.eps)))
+        print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.eps, a.threads)))
         return
     methods = a.methods.split(",")
-    print(f"boundc linear methods, CPU, batch {a.batch}, eps {a.eps}, margins spec (9 rows)")
-    head = f"{'model':8s} " + " ".join(f"{m:>28s}" for m in methods)
-    print(head)
-    print(f"{'':8s} " + " ".join(f"{'time s / peak MB / margin lb':>28s}" for _ in methods))
-    for model in a.models.split(","):
-        cells, times = [], {}
-        for method in methods:
-            out = subprocess.run([sys.executable, __file__, "--one", model, method, "--batch", str(a.batch),
-                                  "--eps", str(a.eps)], capture_output=True, text=True)
-            if out.returncode:
-                cells.append(f"{'failed':>28s}")
-                print(out.stderr[-2000:], file=sys.stderr)
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            cells.append(f"{r['time']:8.2f} / {r['peak_mb']:7.0f} / {r['margin']:8.3f}")
-            times[method] = r["time"]
-        both = {"ibp", "crown-ibp"} <= set(times)
-        ratio = f"   crown-ibp/ibp time = {times['crown-ibp'] / times['ibp']:.1f}x" if both else ""
-        print(f"{model:8s} " + " ".join(f"{c:>28s}" for c in cells) + ratio, flush=True)
+    results = []
+    print(f"boundc linear methods, CPU, {a.threads} torch thread(s), eps {a.eps}, margins spec (9 rows)")
+    for batch in (int(b) for b in a.batches.split(",")):
+        print(f"\nbatch {batch}")
+        print(f"{'model':8s} {'method':12s} {'time s':>9s} {'x fwd':>8s} {'peak MB':>8s} {'coef MB':>8s} "
+              f"{'peak/coef':>9s} {'margin':>10s}")
+        for model in a.models.split(","):
+            times = {}
+            for method in methods:
+                out = subprocess.run([sys.executable, __file__, "--one", model, method, str(batch), "--eps",
+                                      str(a.eps), "--threads", str(a.threads)], capture_output=True, text=True)
+                if out.returncode:
+                    print(f"{model:8s} {method:12s} failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
+                    continue
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r.update(model=model, method=method, batch=batch)
+                results.append(r)
+                times[method] = r["time"]
+                print(f"{model:8s} {method:12s} {r['time']:9.3f} {r['time'] / r['forward']:8.0f} "
+                      f"{r['peak_mb']:8.0f} {r['coef_mb']:8.1f} {_ratio(r['peak_mb'], r['coef_mb']):>9s} "
+                      f"{r['margin']:10.4f}", flush=True)
+            fwd = next((r["forward"] for r in results if r["model"] == model and r["batch"] == batch), None)
+            print(f"{'':8s} targets: crown/fwd {_ratio(times.get('crown'), fwd)} (<= 300)   "
+                  f"alpha/crown {_ratio(times.get('alpha-crown'), times.get('crown'))} (<= 30)   "
+                  f"crown-ibp/ibp {_ratio(times.get('crown-ibp'), times.get('ibp'))} (<= 4)", flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

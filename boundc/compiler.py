@@ -41,8 +41,11 @@ def lower(model: Any, example: torch.Tensor | None = None) -> Graph:
 def compile(model: Any, example: torch.Tensor | None = None, method: str = "ibp",
             options: CompileOptions | None = None) -> BoundModule:
     """Compile ``model`` into its bound network for ``method`` (see :func:`boundc.methods`)."""
-    options = options or CompileOptions()
-    g = lower(model, example)
+    return build(lower(model, example), method, options or CompileOptions())
+
+
+def build(g: Graph, method: str, options: CompileOptions) -> BoundModule:
+    """The :class:`BoundModule` of an already lowered graph ``g`` (e.g. ``bm.graph``) for ``method``."""
     logits_net = codegen.build(g, method, options)
     spec_net = codegen.build(attach_spec(g, elide=options.elide_last_layer), method, options)
     return BoundModule(g, method, options, logits_net, spec_net)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from boundc.passes.rules import engine
+from boundc.passes.rules.interval import Interval
+from soundness import check_sound
 from torch import nn
 
 import boundc
 from boundc import examples
 from boundc.options import CompileOptions, LinearOptions
-from boundc.passes.rules import engine
-from boundc.passes.rules.interval import Interval
-
-from soundness import check_sound
 
 
 class ConvZoo(nn.Module):

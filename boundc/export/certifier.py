@@ -16,11 +16,9 @@ the Python-side input validation of ``BoundModule.forward``.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -63,32 +61,6 @@ class Certifier(nn.Module):
             return tuple(self.net(x_lower, x_upper, **kwargs))
         C = self.spec_matrix(extra).to(x_lower.dtype) if self.spec == "margin" else extra
         return tuple(self.net(x_lower, x_upper, C, **kwargs))
-
-
-@contextlib.contextmanager
-def _conv_rule_traceable() -> Iterator[None]:
-    """Compatibility shim, to be removed: while the dense ``conv`` backward rule still calls
-    ``torch.nn.grad.conv*d_input`` (``aten.convolution_backward``, which the JIT tracer cannot
-    record), swap in the equivalent plain transposed convolution of
-    :func:`boundc.passes.rules.transpose.conv_input` for the duration of the export.  Every other
-    rule is plain torch ops already; once the conv rule uses ``transpose.conv_input`` this is a no-op.
-    """
-    try:
-        from boundc.passes.rules import backward, transpose
-    except ImportError:  # no linear-relaxation methods installed
-        yield
-        return
-    table = getattr(backward, "_CONV_INPUT", None)
-    grads = (torch.nn.grad.conv1d_input, torch.nn.grad.conv2d_input, torch.nn.grad.conv3d_input)
-    if not isinstance(table, dict) or not any(f in grads for f in table.values()):
-        yield
-        return
-    saved = dict(table)
-    table.update({nd: transpose.conv_input(nd) for nd in (1, 2, 3)})
-    try:
-        yield
-    finally:
-        table.update(saved)
 
 
 def _check_exportable(bm: BoundModule) -> None:
@@ -152,7 +124,7 @@ def _export(cert: Certifier, bm: BoundModule, path: str | os.PathLike | io.Bytes
 def _trace(cert: Certifier, args: tuple, names: list[str], axes: dict, opset: int, fold: bool) -> bytes:
     """One TorchScript export of ``cert`` (with or without constant folding), compacted."""
     buf = io.BytesIO()
-    with warnings.catch_warnings(), _conv_rule_traceable(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(cert, args, buf, input_names=names, output_names=["lower", "upper"],

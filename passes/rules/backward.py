@@ -133,7 +133,7 @@ def linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes) -> t
     return (map_coeffs(c, lambda A: A @ weight, lb, ub, same_for_every_sample=True), None, None)
 
 
-_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+_CONV_INPUT = {nd: transpose.conv_input(nd) for nd in (1, 2, 3)}
 
 
 @rule("conv", DOMAIN)
@@ -283,6 +283,28 @@ def _alpha_k(a: Tensor | None, node_ndim: int) -> Tensor | None:
     return a.unsqueeze(0)
 
 
+def _rowdot(A: Tensor, t: Tensor) -> Tensor:
+    """``Σ_entries A * t`` per (sample, row): ``A`` (B, S, ...), ``t`` (B, S or 1, ...) → (B, S)."""
+    A, t = A.flatten(2), t.flatten(2)
+    if t.shape[1] == 1:
+        return torch.einsum("bse,be->bs", A, t[:, 0])
+    return torch.einsum("bse,bse->bs", A, t)
+
+
+def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Tensor,
+                  bias_neg: Tensor) -> tuple[Tensor, Tensor]:
+    """Coefficients through one line per sign: ``A⁺·slope_pos + A⁻·slope_neg`` and the bias
+    ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it.
+
+    Positive entries take exactly ``slope_pos`` (the other product is an exact zero), and no
+    where-masks are materialised: the pass costs a few sweeps over ``A``.
+    """
+    P = A.clamp(min=0)
+    N = A - P
+    bias = _rowdot(P, bias_pos) + _rowdot(N, bias_neg)
+    return torch.addcmul(P * slope_pos, N, slope_neg), bias
+
+
 def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, alpha: tuple | None = None,
                    **attrs) -> Coeffs:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line.
@@ -298,11 +320,9 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, a
         nd = c.lA.dim()
         low = lines(l, u, mode, _alpha_k(alpha[0], nd), **attrs)
         up = lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
-    lpos, upos = c.lA >= 0, c.uA >= 0
-    lA = c.lA * torch.where(lpos, low.lw, low.uw)
-    uA = c.uA * torch.where(upos, up.uw, up.lw)
-    lb = c.lb + (c.lA * torch.where(lpos, low.lb, low.ub)).flatten(2).sum(-1)
-    ub = c.ub + (c.uA * torch.where(upos, up.ub, up.lb)).flatten(2).sum(-1)
+    lA, lb = through_lines(c.lA, low.lw, low.lb, low.uw, low.ub)
+    uA, ub = through_lines(c.uA, up.uw, up.ub, up.lw, up.lb)
+    lb, ub = c.lb + lb, c.ub + ub
     return Coeffs(lA, uA, lb, ub)
 
 
@@ -345,4 +365,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     return (Coeffs(lA, uA, lb, ub),)
 
 
-__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "zero_bias_like"]
+__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "through_lines", "zero_bias_like"]

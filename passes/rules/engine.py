@@ -102,7 +102,7 @@ def undecided(bounds: Interval, kinks: tuple[float, ...] | None) -> Tensor:
         return torch.ones_like(lower, dtype=torch.bool)
     open_ = torch.zeros_like(lower, dtype=torch.bool)
     for k in kinks:
-        open_ |= (lower < k) & (upper > k)
+        open_ = open_ | ((lower < k) & (upper > k))
     return open_
 
 
@@ -140,13 +140,19 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     B = x_lower.shape[0]
     lower, upper = interval.lower.reshape(B, -1), interval.upper.reshape(B, -1)
     todo = undecided(interval, kinks)
-    count = todo.sum(1)
-    R = int(count.max()) if B else 0
-    if R == 0:
-        return interval
-    order = todo.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :R]  # undecided first
-    valid = torch.arange(R, device=order.device) < count.unsqueeze(1)
-    rows = max(1, budget // max(1, B * row_elems))
+    if torch.jit.is_tracing():  # static shapes for export: a row for every neuron, masked per sample
+        n = math.prod(shape)
+        order = torch.ones_like(todo, dtype=torch.long).cumsum(1) - 1  # 0..n-1 per sample, computed at run time
+        valid, R = todo, n
+        rows = max(1, budget // max(1, row_elems))
+    else:
+        count = todo.sum(1)
+        R = int(count.max()) if B else 0
+        if R == 0:
+            return interval
+        order = todo.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :R]  # undecided first
+        valid = torch.arange(R, device=order.device) < count.unsqueeze(1)
+        rows = max(1, budget // max(1, B * row_elems))
     lows, ups = [], []
     for s in range(0, R, rows):
         out = _call_walk(walk, names, args, start=_start_rows(x_lower, shape, order[:, s:s + rows], start, weight,

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .backward import through_lines
 from .interval import Interval
 from .ops import OpDef
 from .registry import deriver, rule
@@ -66,9 +67,9 @@ def _with(p: Patches, lA: Tensor, uA: Tensor, lb: Tensor | float = 0.0, ub: Tens
 
 def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
     """Gather the window of every row from a map ``t`` (B', C, H, W) → (B', R, C, Kh, Kw); zero outside the map."""
-    kh, kw = kernel or tuple(p.lA.shape[-2:])
+    kh, kw = (int(k) for k in (kernel or p.lA.shape[-2:]))  # static sizes (also while tracing for export)
     (sh, sw), (ph, pw), (gh, gw) = p.stride, p.padding, p.grid
-    H, W = t.shape[-2:]
+    H, W = int(t.shape[-2]), int(t.shape[-1])
     bottom = max(0, (gh - 1) * sh - ph + kh - H)
     right = max(0, (gw - 1) * sw - pw + kw - W)
     t = F.pad(t, (pw, right, ph, bottom))
@@ -121,7 +122,7 @@ def add_patches(a: Patches, b: Patches) -> Patches:
     """Sum of two users' contributions; windows of different extent are padded to their union."""
     if a.stride != b.stride:
         raise ValueError(f"patches with strides {a.stride} and {b.stride} cannot be summed")
-    ka, kb = tuple(a.lA.shape[-2:]), tuple(b.lA.shape[-2:])
+    ka, kb = (tuple(int(k) for k in p.lA.shape[-2:]) for p in (a, b))
     pad_top = [max(a.padding[d], b.padding[d]) for d in range(2)]
     end = [max(ka[d] - a.padding[d], kb[d] - b.padding[d]) for d in range(2)]
 
@@ -150,14 +151,16 @@ def identity(p: Patches, x, *, in_shapes) -> tuple:
 
 def _transpose_conv(A: Tensor, weight: Tensor, stride: tuple, dilation: tuple, groups: int) -> Tensor:
     """Windows over a conv's output (B', R, Co, Kh, Kw) → windows over its input (B', R, Ci, Kh', Kw')."""
-    Bp, R, Co, kh, kw = A.shape
+    Bp, R = A.shape[:2]
+    Co, kh, kw = (int(d) for d in A.shape[2:])
     flat = A.reshape(Bp * R, Co, kh, kw)
     basis = Co * kh * kw
     out_h = (kh - 1) * stride[0] + (weight.shape[2] - 1) * dilation[0] + 1
     out_w = (kw - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
     ci = weight.shape[1] * groups
     dense = (weight.shape[2] * weight.shape[3]) / (out_h * out_w)  # share of a window one basis entry touches
-    if Bp * R > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16:
+    gemm = Bp * R > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16
+    if gemm and not torch.jit.is_tracing():  # an exported graph would hold the identity as a constant
         eye = torch.eye(basis, dtype=A.dtype, device=A.device).reshape(basis, Co, kh, kw)
         M = F.conv_transpose2d(eye, weight, stride=stride, dilation=dilation, groups=groups).reshape(basis, -1)
         out = flat.reshape(Bp * R, basis) @ M
@@ -176,7 +179,7 @@ def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, strid
     uA = lA if p.uA is p.lA else _transpose_conv(p.uA, weight, stride, dilation, groups)
     new_stride = (p.stride[0] * stride[0], p.stride[1] * stride[1])
     new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
-    inside = _inside(p, tuple(lA.shape[-2:]), new_stride, new_pad, tuple(in_shapes[0][-2:]))
+    inside = _inside(p, tuple(int(k) for k in lA.shape[-2:]), new_stride, new_pad, tuple(in_shapes[0][-2:]))
     lA = lA * inside
     uA = lA if p.uA is p.lA else uA * inside
     return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
@@ -245,20 +248,11 @@ def sub(p: Patches, x, y, *, in_shapes) -> tuple:
     return _two_inputs(p, x, y, in_shapes, -1.0)
 
 
-def _through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Tensor,
-                   bias_neg: Tensor) -> tuple[Tensor, Tensor]:
-    """``A⁺·slope_pos + A⁻·slope_neg`` and the bias ``Σ A⁺·bias_pos + A⁻·bias_neg`` (one pass per term)."""
-    P, N = A.clamp(min=0), A.clamp(max=0)
-    out = torch.addcmul(P * slope_pos, N, slope_neg)
-    bias = (P * bias_pos).flatten(2).sum(-1) + (N * bias_neg).flatten(2).sum(-1)
-    return out, bias
-
-
 def relax_patches(p: Patches, x: Interval, *, op: str, mode: str = "crown", **attrs) -> Patches:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
     lw, lb, uw, ub = (window_rows(p, t) for t in relax(op, x.lower, x.upper, mode, **attrs))
-    lA, lbias = _through_lines(p.lA, lw, lb, uw, ub)
-    uA, ubias = _through_lines(p.uA, uw, ub, lw, lb)
+    lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
+    uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
     return _with(p, lA, uA, lbias, ubias)
 
 
