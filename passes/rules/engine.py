@@ -181,9 +181,10 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
     inputs, so gradients reach the model's parameters.
     """
     S = start.lA.shape[1]
-    init, project = {}, {}
+    init, project, lr_scale = {}, {}, {}
     for name, (op, attrs, b) in alphas.items():
         spec = opdef(op).relaxation.alpha
+        lr_scale[name] = spec.lr_scale
         a = spec.init(b.lower.detach(), b.upper.detach(), **attrs)  # (k, B, *shape)
         init[name] = a.unsqueeze(2).expand(a.shape[:2] + (S,) + a.shape[2:])
         fn = getattr(spec, "project", None)
@@ -197,7 +198,8 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
     best = {k: (v.clone(), v.clone()) for k, v in init.items()}
     with torch.enable_grad():
         params = {k: (v.clone().requires_grad_(True), v.clone().requires_grad_(True)) for k, v in init.items()}
-        opt = torch.optim.Adam([p for pair in params.values() for p in pair], lr=lr) if params else None
+        groups = [{"params": list(pair), "lr": lr * lr_scale[k]} for k, pair in params.items()]
+        opt = torch.optim.Adam(groups, lr=lr) if params else None
         for it in range(iterations + 1):
             out = _call_walk(walk, names, det, start=dstart, **params)
             lo, up = out.lower.detach(), out.upper.detach()

@@ -67,11 +67,13 @@ class AlphaSpec:
     """The free parameters of a relaxation: ``size`` per neuron, ``init(l, u, **attrs)`` of shape
     ``(size, *l.shape)`` gives the CROWN choice; ``project(alpha, l, u, **attrs)`` maps any ``alpha``
     into its useful range (the lines do the same internally, so any ``alpha`` is sound; projecting
-    the optimiser's iterates keeps their gradients alive)."""
+    the optimiser's iterates keeps their gradients alive); ``lr_scale`` multiplies α-CROWN's learning
+    rate (tuned for slopes in [0, 1]) for parameters of another scale, such as tangent points."""
 
     size: int
     init: Callable[..., Tensor]
     project: Callable[..., Tensor] | None = None
+    lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -600,7 +602,7 @@ def smooth_relaxation(fn_of: Callable[..., Smooth], eval_fn: Callable[..., Tenso
     if eval_fn is not None:
         def interval(l: Tensor, u: Tensor, **attrs) -> tuple[Tensor, Tensor]:
             return unimodal_interval(fn_of(**attrs), lambda x: eval_fn(x, **attrs), l, u)
-    return Relaxation(lines, AlphaSpec(2, init, tangent_projection), interval)
+    return Relaxation(lines, AlphaSpec(2, init, tangent_projection, lr_scale=0.02), interval)
 
 
 def relax(op: str, l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, **attrs) -> Lines:
