@@ -34,7 +34,7 @@ from .backward import through_lines
 from .interval import Interval
 from .ops import OpDef
 from .registry import deriver, rule
-from .relaxation import relax
+from .relaxation import Mode, relax
 
 DOMAIN = "patches"
 #: Largest transposed-convolution matrix (entries) built to turn a window's transpose into one GEMM.
@@ -248,7 +248,7 @@ def sub(p: Patches, x, y, *, in_shapes) -> tuple:
     return _two_inputs(p, x, y, in_shapes, -1.0)
 
 
-def relax_patches(p: Patches, x: Interval, *, op: str, mode: str = "crown", **attrs) -> Patches:
+def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, **attrs) -> Patches:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
     lw, lb, uw, ub = (window_rows(p, t) for t in relax(op, x.lower, x.upper, mode, **attrs))
     lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
@@ -258,7 +258,7 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: str = "crown", **at
 
 def _activation(op: str):
 
-    def patches(p: Patches, x: Interval, *, in_shapes, mode: str = "crown", **attrs) -> tuple:
+    def patches(p: Patches, x: Interval, *, in_shapes, mode: Mode = Mode.CROWN, **attrs) -> tuple:
         return (relax_patches(p, x, op=op, mode=mode, **attrs),)
 
     patches.__name__ = patches.__qualname__ = f"{op}_patches"
