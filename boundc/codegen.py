@@ -18,12 +18,12 @@ import torch
 import torch.fx as fx
 
 from boundc.errors import BoundcError
+from boundc.interpreter import Emitting
 from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
 from boundc.passes.graph.analysis import check_rules
 from boundc.passes.graph.fuse import fuse_relu_affine
 from boundc.passes.rules.interval import Interval
-from boundc.passes.rules.registry import get_rule
 
 #: Placeholder order of every generated bound network.
 INPUT_NAMES = ("x_lower", "x_upper", "C", "x_clean")
@@ -100,9 +100,8 @@ class Emitter:
             v = self.inputs["C"]
         elif n.perturbed:
             raise BoundcError(f"internal: {n.where()} is perturbed, not a constant")
-        else:
-            fn = get_rule(n.op, "eval")
-            v = self.call(fn, tuple(self.arg(i) for i in n.inputs), n.attrs, name=n.name)
+        else:  # a concrete op over constants: the walker emits it (and its inputs on first use)
+            return Emitting(self, "eval").step(n)
         self.values[n.name] = v
         return v
 
@@ -137,17 +136,13 @@ def build(g: Graph, name: str, options: CompileOptions) -> fx.GraphModule:
 
 def emit_interval_node(em: Emitter, n: Node) -> fx.Node:
     """Emit the interval (IBP) rule of one perturbed node from the current values of its inputs."""
-    if n.op == "input":
-        v = em.call(get_rule("input", "interval"), (em.inputs["x_lower"], em.inputs["x_upper"]), name="x")
-    else:
-        v = em.call(get_rule(n.op, "interval"), tuple(em.arg(i) for i in n.inputs), n.attrs, name=n.name)
-    em.values[n.name] = v
-    return v
+    return Emitting(em, "interval").step(n)
 
 
 def emit_interval(em: Emitter) -> dict[str, fx.Node]:
     """Emit interval (IBP) rules for every perturbed node; returns their fx values (Intervals at run time)."""
-    return {n.name: emit_interval_node(em, n) for n in em.g if n.perturbed}
+    walker = Emitting(em, "interval")
+    return {n.name: walker.step(n) for n in em.g if n.perturbed}
 
 
 def output_bounds(em: Emitter) -> tuple[fx.Node, fx.Node]:

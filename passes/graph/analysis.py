@@ -6,7 +6,7 @@ import torch
 from boundc.passes.rules.ops import OPS, has
 from boundc.passes.rules.registry import get_rule
 
-from boundc.errors import BoundcError, UnsupportedOpError
+from boundc.errors import UnsupportedOpError
 from boundc.ir import Graph
 
 
@@ -33,23 +33,12 @@ def evaluate(g: Graph, x, extra: dict[str, torch.Tensor] | None = None, domain: 
     this is plain IBP), constant nodes always the concrete ones.  ``clean`` is
     the value of ``clean_input`` (default: ``x`` itself).
     """
-    values: dict = {}
-    extra = extra or {}
-    for n in g:
-        if n.op == "input":
-            values[n.name] = x
-        elif n.op == "clean_input":
-            values[n.name] = x if clean is None else clean
-        elif n.op == "spec_matrix":
-            values[n.name] = extra["C"]
-        elif n.op == "param":
-            values[n.name] = g.tensor_of(n)
-        else:
-            fn = get_rule(n.op, domain if n.perturbed else "eval")
-            if fn is None:
-                raise BoundcError(f"{n.where()} has no rule in domain {domain if n.perturbed else 'eval'!r}")
-            values[n.name] = fn(*[values[i] if i is not None else None for i in n.inputs], **n.attrs)
-    return values
+    from boundc.interpreter import Interpreter
+
+    seeds = {"input": x, "clean_input": x if clean is None else clean}
+    if extra and "C" in extra:
+        seeds["spec_matrix"] = extra["C"]
+    return Interpreter(g, domain, seeds).run()
 
 
 def infer_shapes(g: Graph, example: torch.Tensor) -> Graph:

@@ -19,10 +19,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor
 
+from boundc.interpreter import Emitting
+
 from . import concrete
 from .interval import Interval
 from .ops import OpDef, opdef
-from .registry import deriver, get_rule, rule
+from .registry import deriver, rule
 from .relaxation import Mode
 
 DOMAIN = "forward"
@@ -230,31 +232,35 @@ def spec_linear(x: Symbolic, weight: Tensor, bias: Tensor | None, C: Tensor) -> 
     return Symbolic(out.lw, out.uw, out.lb + b, out.ub + b)
 
 
+class ForwardWalk(Emitting):
+    """The forward method's walk: an op with ``needs_bounds`` also reads the concrete bounds of its input
+    (concretised once per value)."""
+
+    def __init__(self, em, domain: str) -> None:
+        super().__init__(em, domain)
+        self.bounds: dict[str, fx.Node] = {}
+
+    def extra_args(self, node, args: tuple) -> tuple:
+        """The node's inputs, plus the concrete bounds of its input for an op that needs them."""
+        if not opdef(node.op).needs_bounds:
+            return args
+        i, em = node.inputs[0], self.em
+        if i not in self.bounds:
+            b = em.call(concretize, (self.values[i], em.inputs["x_lower"], em.inputs["x_upper"]), name=f"bounds_{i}")
+            b.meta["boundc_bounds"] = i  # read by BoundModule.report
+            self.bounds[i] = b
+        return (*args, self.bounds[i])
+
+
 def emit_forward(em, options) -> tuple[fx.Node, fx.Node]:
     """Emit the forward method: one symbolic state per perturbed node, concretised at non-linear ops' inputs."""
-    g = em.g
-    out = g.output
+    out = em.g.output
     if not out.perturbed:
         v = em.constant(out)
         return v, v
-    concrete_bounds: dict[str, fx.Node] = {}
-    for n in g:
-        if not n.perturbed:
-            continue
-        if n.op == "input":
-            em.values[n.name] = em.call(input_symbolic, (em.inputs["x_lower"], em.inputs["x_upper"]), name="x")
-            continue
-        args = [em.arg(i) for i in n.inputs]
-        if opdef(n.op).needs_bounds:
-            i = n.inputs[0]
-            if i not in concrete_bounds:
-                concrete_bounds[i] = em.call(concretize, (em.values[i], em.inputs["x_lower"], em.inputs["x_upper"]),
-                                             name=f"bounds_{i}")
-                concrete_bounds[i].meta["boundc_bounds"] = i  # read by BoundModule.report
-            args.append(concrete_bounds[i])
-        em.values[n.name] = em.call(get_rule(n.op, DOMAIN), tuple(args), n.attrs, name=n.name)
+    ForwardWalk(em, DOMAIN).run(perturbed_only=True)
     res = em.call(concretize, (em.values[out.name], em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
     return em.attr(res, "lower"), em.attr(res, "upper")
 
 
-__all__ = ["Symbolic", "concretize", "emit_forward", "input_symbolic"]
+__all__ = ["ForwardWalk", "Symbolic", "concretize", "emit_forward", "input_symbolic"]
