@@ -1,4 +1,4 @@
-"""Analysis passes: which values are perturbed, concrete shapes, and rule coverage."""
+"""Analysis passes: which values are perturbed, an eager walk of the graph, and rule coverage."""
 
 from __future__ import annotations
 
@@ -39,16 +39,6 @@ def evaluate(g: Graph, x, extra: dict[str, torch.Tensor] | None = None, domain: 
     if extra and "C" in extra:
         seeds["spec_matrix"] = extra["C"]
     return Interpreter(g, domain, seeds).run()
-
-
-def infer_shapes(g: Graph, example: torch.Tensor) -> Graph:
-    """Fill in ``node.shape`` by evaluating the graph at the example input."""
-    with torch.no_grad():
-        values = evaluate(g, example)
-    for n in g:
-        v = values[n.name]
-        n.shape = tuple(v.shape) if isinstance(v, torch.Tensor) else ()
-    return g
 
 
 def check_rules(g: Graph, domains: tuple[str, ...]) -> None:

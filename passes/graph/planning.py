@@ -6,8 +6,9 @@
   gives the same bound as any backward pass there, so no backward pass is run.
 * A backward pass for a node with a ``linear`` op and constant weight starts at
   the layer's input from the weight rows (no identity); otherwise it starts from
-  an identity chunk.  Passes are chunked over the node's neurons so that the
-  coefficient tensors stay at ``batch × chunk_size × (node size)``.
+  unit rows (in patches form when the walk allows it, see ``boundc.methods_linear``).
+  Which neurons get rows, and in what chunks, is decided at run time by
+  :func:`boundc.passes.rules.engine.backward_bounds`.
 """
 
 from __future__ import annotations
@@ -108,10 +109,4 @@ def ancestors(g: Graph, root: str) -> list[str]:
     return [n.name for n in g if n.name in seen]
 
 
-def chunks(n: int, size: int) -> list[tuple[int, int]]:
-    """``[(start, stop), ...]`` covering ``range(n)`` in pieces of at most ``size``."""
-    size = max(1, int(size))
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-__all__ = ["BoundPlan", "ancestors", "chunks", "ibp_exact", "needed_bounds", "plan_bounds"]
+__all__ = ["BoundPlan", "ancestors", "ibp_exact", "needed_bounds", "plan_bounds"]
