@@ -183,7 +183,7 @@ def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interva
     widest = max(math.prod(g[a].shape[1:]) for a in ancestors(g, p.root))
     kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=_kinks(g, p.node),
               row_elems=widest // (8 if form is PATCHES else 1), budget=options.linear.chunk_budget or ROW_BUDGET,
-              intersect=options.linear.intersect_ibp)
+              intersect=options.linear.intersect_ibp, progress=f"bounds {p.node}" if options.linear.progress else None)
     if start is engine.Start.LINEAR:
         n = g[p.node]
         kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
@@ -254,7 +254,7 @@ def backward_method(em: Emitter, options: CompileOptions, mode: str, intermediat
     alphas = {a: (g[node].op, dict(g[node].attrs), bounds[g[node].inputs[0]]) for a, node in amap.items()}
     lo = options.linear
     res = em.call(engine.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, alphas),
-                  dict(iterations=lo.alpha_iterations, lr=lo.alpha_lr), name="bound")
+                  dict(iterations=lo.alpha_iterations, lr=lo.alpha_lr, progress=lo.progress), name="bound")
     return _finish_output(em, res, shape)
 
 

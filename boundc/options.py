@@ -13,6 +13,8 @@ class LinearOptions:
     Attributes:
         chunk_budget: coefficient entries one chunk of backward rows may hold
             (``batch × rows × entries per row``); ``None``: 2**25 (128 MB in float32).
+        progress: show progress bars (only on a terminal) over the backward passes of each
+            intermediate bound and over the α-CROWN steps.
         patches: run backward passes that start at a feature map in patches form
             (each row a window of the map, as auto_LiRPA does) where every op on
             the way allows it; the bounds are the same as the dense form's.
@@ -26,6 +28,7 @@ class LinearOptions:
 
     chunk_budget: int | None = None
     patches: bool = True
+    progress: bool = False
     alpha_iterations: int = 20
     alpha_lr: float = 0.5
     intersect_ibp: bool = False

@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import boundc
+    from boundc.options import CompileOptions, LinearOptions
 
     model, x = resolve_model(args.model, args.example, args.input_shape)
     t0 = time.perf_counter()
-    bm = boundc.compile(model, x, method=args.method)
+    bm = boundc.compile(model, x, method=args.method, options=CompileOptions(linear=LinearOptions(progress=True)))
     dt = time.perf_counter() - t0
     if args.emit_code:
         print(bm.code)

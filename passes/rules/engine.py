@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from . import patches
 from .backward import Coeffs
@@ -124,7 +125,8 @@ def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Sta
 
 def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: Start,
                     interval: Interval, kinks: tuple[float, ...] | None, row_elems: int, budget: int,
-                    intersect: bool = False, weight: Tensor | None = None, bias: Tensor | None = None) -> Interval:
+                    intersect: bool = False, weight: Tensor | None = None, bias: Tensor | None = None,
+                    progress: str | None = None) -> Interval:
     """Bounds of a node's neurons by backward passes over chunks of rows, only where they can matter.
 
     ``interval`` is a sound bound already known for the node (IBP from the
@@ -134,7 +136,7 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     intersected with it when ``intersect``).  ``walk`` is the generated
     backward pass from the node (or, for :attr:`Start.LINEAR`, from the linear
     layer's input); a chunk holds at most ``budget`` coefficient entries of
-    ``row_elems`` each.
+    ``row_elems`` each.  ``progress``: the label of a progress bar over the chunks (``None``: none).
     """
     x_lower = args["x_lower"]
     B = x_lower.shape[0]
@@ -154,7 +156,7 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
         valid = torch.arange(R, device=order.device) < count.unsqueeze(1)
         rows = max(1, budget // max(1, B * row_elems))
     lows, ups = [], []
-    for s in range(0, R, rows):
+    for s in tqdm(range(0, R, rows), desc=progress, unit="chunk", disable=None if progress else True, leave=False):
         out = _call_walk(walk, names, args, start=_start_rows(x_lower, shape, order[:, s:s + rows], start, weight,
                                                               bias))
         lows.append(out.lower.expand(B, -1))
@@ -169,7 +171,8 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
 
 
 def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Coeffs,
-                   alphas: dict[str, tuple[str, dict, Interval]], *, iterations: int, lr: float) -> Interval:
+                   alphas: dict[str, tuple[str, dict, Interval]], *, iterations: int, lr: float,
+                   progress: bool = False) -> Interval:
     """α-CROWN: optimise the free parameters of every relaxation on the pass (per spec row) with Adam.
 
     ``alphas`` maps each α placeholder of ``walk`` to ``(op, attrs, input bounds)`` of its activation;
@@ -200,7 +203,8 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
         params = {k: (v.clone().requires_grad_(True), v.clone().requires_grad_(True)) for k, v in init.items()}
         groups = [{"params": list(pair), "lr": lr * lr_scale[k]} for k, pair in params.items()]
         opt = torch.optim.Adam(groups, lr=lr) if params else None
-        for it in range(iterations + 1):
+        for it in tqdm(range(iterations + 1), desc="alpha-CROWN", unit="step", disable=None if progress else True,
+                       leave=False):
             out = _call_walk(walk, names, det, start=dstart, **params)
             lo, up = out.lower.detach(), out.upper.detach()
             if best_l is None:
