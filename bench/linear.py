@@ -7,7 +7,8 @@ CROWN and α-CROWN (20 Adam steps) and prints, per batch size, one row per (mode
 * ``time``: one bound call (after a warm-up call on 2 samples), and the same as a multiple of
   one clean forward of the model at that batch size (``× fwd``);
 * ``peak MB``: resident-memory growth of the call (``ru_maxrss``; every (model, method, batch)
-  runs in a fresh subprocess so the peak is its own);
+  runs in a fresh subprocess so the peak is its own); with ``--device cuda`` the CUDA
+  allocator's exact peak above what was allocated before the call;
 * ``coef MB``: the largest tensor of rank ≥ 3 the call creates (coefficient tensors are
   ``(batch, rows, ...)``), found in a second, untimed call under a dispatch mode;
 * ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter).
@@ -50,7 +51,7 @@ def _largest_tensor_mb(fn) -> float:
     return Largest.biggest / 2**20
 
 
-def run_one(model: str, method: str, batch: int, eps: float, threads: int) -> dict:
+def run_one(model: str, method: str, batch: int, eps: float, threads: int, device: str = "cpu") -> dict:
     """Compile and time one method on one model; returns a dict of figures."""
     import torch
 
@@ -60,8 +61,14 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int) -> di
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    m = examples.build(model)
-    x = torch.rand(batch, 1, 28, 28)
+    m = examples.build(model).to(device)
+    x = torch.rand(batch, 1, 28, 28, device=device)
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     with torch.no_grad():
         C = boundc.margin_spec(m(x).argmax(1), 10)
     opts = CompileOptions(linear=LinearOptions(alpha_iterations=20))
@@ -69,17 +76,27 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int) -> di
     xl, xu = boundc.linf_box(x, eps)
     with torch.no_grad():
         bm(xl[:2], xu[:2], C[:2])  # warm-up
+        if cuda:  # Triton kernels compile (and autotune) per shape: warm up at the timed shape too
+            bm(xl, xu, C)
         m(x)
+        sync()
         t = time.perf_counter()
         for _ in range(10):
             m(x)
+        sync()
         forward = (time.perf_counter() - t) / 10
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
     t = time.perf_counter()
     with torch.no_grad():
         lower, _ = bm(xl, xu, C)
+    sync()
     dt = time.perf_counter() - t
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    if cuda:  # exact on CUDA: the allocator's peak over what was allocated before the call
+        peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     with torch.no_grad():
         coef = _largest_tensor_mb(lambda: bm(xl, xu, C))
     return {"time": dt, "forward": forward, "margin": lower.mean().item(), "peak_mb": peak, "coef_mb": coef,
@@ -96,17 +113,19 @@ def main() -> None:
     ap.add_argument("--batches", default="16,64", help="comma-separated batch sizes")
     ap.add_argument("--eps", type=float, default=0.01, help="L-inf radius of the input box")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--device", default="cpu", help="torch device (on cuda, peak MB is the allocator's exact peak)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.eps, a.threads)))
+        print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.eps, a.threads, a.device)))
         return
     methods = a.methods.split(",")
     results = []
-    print(f"boundc linear methods, CPU, {a.threads} torch thread(s), eps {a.eps}, margins spec (9 rows)")
+    where = f"CPU, {a.threads} torch thread(s)" if a.device == "cpu" else a.device
+    print(f"boundc linear methods, {where}, eps {a.eps}, margins spec (9 rows)")
     for batch in (int(b) for b in a.batches.split(",")):
         print(f"\nbatch {batch}")
         print(f"{'model':8s} {'method':12s} {'time s':>9s} {'x fwd':>8s} {'peak MB':>8s} {'coef MB':>8s} "
@@ -115,7 +134,8 @@ def main() -> None:
             times, per_fwd = {}, {}
             for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--one", model, method, str(batch), "--eps",
-                                      str(a.eps), "--threads", str(a.threads)], capture_output=True, text=True)
+                                      str(a.eps), "--threads", str(a.threads), "--device", a.device],
+                                     capture_output=True, text=True)
                 if out.returncode:
                     print(f"{model:8s} {method:12s} failed: {out.stderr.strip().splitlines()[-1]}", flush=True)
                     continue
