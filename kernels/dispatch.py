@@ -21,7 +21,7 @@ from functools import lru_cache, partial
 import torch
 import torch.nn.functional as F
 from boundc.passes.rules import concrete
-from boundc.passes.rules.interval import Interval, as_interval
+from boundc.passes.rules.values import Interval, as_interval
 from torch import Tensor
 
 from boundc.errors import BoundcError

@@ -9,37 +9,15 @@ Inputs that are not perturbed arrive as plain tensors.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
+from boundc.kernels.dispatch import interval_conv, interval_linear
 from torch import Tensor
 
 from . import concrete
 from .registry import deriver, rule
+from .values import Interval, as_interval, centre_radius, from_centre_radius
 
 DOMAIN = "interval"
-
-
-class Interval(NamedTuple):
-    """Elementwise bounds ``lower <= x <= upper`` of a batched value."""
-
-    lower: Tensor
-    upper: Tensor
-
-
-def as_interval(x: Interval | Tensor) -> Interval:
-    """Promote a constant tensor to the degenerate interval ``[x, x]``."""
-    return x if isinstance(x, Interval) else Interval(x, x)
-
-
-def centre_radius(x: Interval) -> tuple[Tensor, Tensor]:
-    """``((l + u) / 2, (u - l) / 2)``."""
-    return (x.upper + x.lower) / 2, (x.upper - x.lower) / 2
-
-
-def from_centre_radius(c: Tensor, r: Tensor) -> Interval:
-    """``[c - r, c + r]``."""
-    return Interval(c - r, c + r)
 
 
 def _map(fn, x: Interval, **kw) -> Interval:
@@ -59,8 +37,6 @@ def input_box(lower: Tensor, upper: Tensor) -> Interval:
 def linear(x: Interval, weight: Tensor, bias: Tensor | None, *, relu_input: bool = False,
            backend: str = "auto") -> Interval:
     """``W·c + b ± |W|·r`` (after a fused ReLU when ``relu_input``); ``backend`` picks Triton or torch."""
-    from boundc.kernels.dispatch import interval_linear
-
     return interval_linear(x, weight, bias, relu_input=relu_input, backend=backend)
 
 
@@ -68,8 +44,6 @@ def linear(x: Interval, weight: Tensor, bias: Tensor | None, *, relu_input: bool
 def conv(x: Interval, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
          dilation: tuple, groups: int, relu_input: bool = False, backend: str = "auto") -> Interval:
     """Convolution in centre/radius form (after a fused ReLU when ``relu_input``); see ``kernels.dispatch``."""
-    from boundc.kernels.dispatch import interval_conv
-
     return interval_conv(x, weight, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
                          relu_input=relu_input, backend=backend)
 
