@@ -23,29 +23,13 @@ from .ops import opdef
 
 # -- start states -------------------------------------------------------------------
 
-def start_identity(x_lower: Tensor, shape: tuple[int, ...], start: int = 0, stop: int | None = None) -> Coeffs:
-    """Identity coefficients for neurons ``start:stop`` of a node of per-sample ``shape`` (a chunk)."""
-    n = 1
-    for d in shape:
-        n *= d
-    stop = n if stop is None else stop
-    B = x_lower.shape[0]
-    eye = torch.zeros(stop - start, n, dtype=x_lower.dtype, device=x_lower.device)
-    eye[torch.arange(stop - start), torch.arange(start, stop)] = 1
-    A = eye.reshape((1, stop - start) + tuple(shape)).expand((B, stop - start) + tuple(shape))
-    zero = torch.zeros(B, stop - start, dtype=x_lower.dtype, device=x_lower.device)
+def start_identity(x_lower: Tensor, shape: tuple[int, ...]) -> Coeffs:
+    """Unit rows for every neuron of a node of per-sample ``shape`` (the same for every sample)."""
+    B, n = x_lower.shape[0], math.prod(shape)
+    A = torch.eye(n, dtype=x_lower.dtype, device=x_lower.device).reshape((1, n) + tuple(shape))
+    A = A.expand((B, n) + tuple(shape))
+    zero = torch.zeros(B, n, dtype=x_lower.dtype, device=x_lower.device)
     return Coeffs(A, A, zero, zero)
-
-
-def start_linear(x_lower: Tensor, weight: Tensor, bias: Tensor | None, start: int = 0,
-                 stop: int | None = None) -> Coeffs:
-    """Structured start at the *input* of a linear layer: rows ``start:stop`` of its weight (no identity)."""
-    B = x_lower.shape[0]
-    w = weight[start:stop]
-    A = w.unsqueeze(0).expand((B,) + tuple(w.shape))
-    b = (torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if bias is None else bias[start:stop])
-    b = b.unsqueeze(0).expand(B, w.shape[0])
-    return Coeffs(A, A, b, b)
 
 
 def start_spec(C: Tensor) -> Coeffs:
@@ -235,5 +219,5 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "start_identity", "start_linear", "start_spec", "start_spec_linear",
+__all__ = ["alpha_optimize", "backward_bounds", "start_identity", "start_spec", "start_spec_linear",
            "unflatten_output"]

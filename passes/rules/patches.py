@@ -18,12 +18,14 @@ that fall outside a feature map (over a convolution's zero padding) are zeroed
 at once, so they never leak into earlier layers.
 
 Only ops that act locally and per channel have a rule here (conv, elementwise
-activations, per-element affine maps, add/sub, average pooling); a backward pass
-whose walk meets any other op runs in the dense form of :mod:`.backward`.
+activations, per-element affine maps, add/sub, average pooling); a rule's
+optional ``covers(graph, node)`` says which attribute values it handles.  A
+backward pass whose walk meets any other op runs in the dense form of :mod:`.backward`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -149,24 +151,33 @@ def identity(p: Patches, x, *, in_shapes) -> tuple:
     return (p,)
 
 
-def _transpose_conv(A: Tensor, weight: Tensor, stride: tuple, dilation: tuple, groups: int) -> Tensor:
-    """Windows over a conv's output (B', R, Co, Kh, Kw) → windows over its input (B', R, Ci, Kh', Kw')."""
-    Bp, R = A.shape[:2]
-    Co, kh, kw = (int(d) for d in A.shape[2:])
-    flat = A.reshape(Bp * R, Co, kh, kw)
+def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tuple, dilation: tuple, groups: int,
+                      rows: int) -> tuple[Callable[[Tensor], Tensor], tuple[int, int]]:
+    """The map from windows over a conv's output (B', R, Co, Kh, Kw) to windows over its input
+    (B', R, Ci, Kh', Kw'), and ``(Kh', Kw')``.  With many rows it is one GEMM with the transposed
+    convolution of every basis window (built once, shared by the lower and upper coefficients)."""
+    Co, kh, kw = window
     basis = Co * kh * kw
     out_h = (kh - 1) * stride[0] + (weight.shape[2] - 1) * dilation[0] + 1
     out_w = (kw - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
     ci = weight.shape[1] * groups
     dense = (weight.shape[2] * weight.shape[3]) / (out_h * out_w)  # share of a window one basis entry touches
-    gemm = Bp * R > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16
+    gemm = rows > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16
+    M = None
     if gemm and not torch.jit.is_tracing():  # an exported graph would hold the identity as a constant
-        eye = torch.eye(basis, dtype=A.dtype, device=A.device).reshape(basis, Co, kh, kw)
+        eye = torch.eye(basis, dtype=weight.dtype, device=weight.device).reshape(basis, Co, kh, kw)
         M = F.conv_transpose2d(eye, weight, stride=stride, dilation=dilation, groups=groups).reshape(basis, -1)
-        out = flat.reshape(Bp * R, basis) @ M
-    else:
-        out = F.conv_transpose2d(flat, weight, stride=stride, dilation=dilation, groups=groups)
-    return out.reshape(Bp, R, ci, out_h, out_w)
+
+    def apply(A: Tensor) -> Tensor:
+        Bp, R = A.shape[:2]
+        if M is not None:
+            out = A.reshape(Bp * R, basis) @ M
+        else:
+            out = F.conv_transpose2d(A.reshape(Bp * R, Co, kh, kw), weight, stride=stride, dilation=dilation,
+                                     groups=groups)
+        return out.reshape(Bp, R, ci, out_h, out_w)
+
+    return apply, (out_h, out_w)
 
 
 @rule("conv", DOMAIN)
@@ -175,14 +186,18 @@ def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, strid
     """Compose every window with the kernel; the bias moves into the bias term."""
     lb = 0.0 if bias is None else p.lA.sum((3, 4)) @ bias
     ub = 0.0 if bias is None else p.uA.sum((3, 4)) @ bias
-    lA = _transpose_conv(p.lA, weight, stride, dilation, groups)
-    uA = lA if p.uA is p.lA else _transpose_conv(p.uA, weight, stride, dilation, groups)
+    transpose, kernel = _window_transpose(tuple(int(d) for d in p.lA.shape[2:]), weight, stride, dilation, groups,
+                                          p.lA.shape[0] * p.lA.shape[1])
     new_stride = (p.stride[0] * stride[0], p.stride[1] * stride[1])
     new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
-    inside = _inside(p, tuple(int(k) for k in lA.shape[-2:]), new_stride, new_pad, tuple(in_shapes[0][-2:]))
-    lA = lA * inside
-    uA = lA if p.uA is p.lA else uA * inside
+    inside = _inside(p, kernel, new_stride, new_pad, tuple(in_shapes[0][-2:]))
+    lA = transpose(p.lA) * inside
+    uA = lA if p.uA is p.lA else transpose(p.uA) * inside
     return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
+
+
+conv.covers = lambda g, n: (n.inputs[1] is not None and not g[n.inputs[1]].perturbed
+                            and len(g[n.inputs[1]].shape) == 4)  # 2-d convolutions with a constant weight
 
 
 @rule("avg_pool2d", DOMAIN)
@@ -195,6 +210,10 @@ def avg_pool2d(p: Patches, x, *, in_shapes, kernel_size, stride, padding, ceil_m
     out = conv(p, x, w, None, in_shapes=in_shapes, stride=tuple(stride), padding=tuple(padding), dilation=(1, 1),
                groups=C)
     return out[:1]
+
+
+avg_pool2d.covers = lambda g, n: (not n.attrs["ceil_mode"] and n.attrs["divisor_override"] is None
+                                  and (n.attrs["count_include_pad"] or not any(n.attrs["padding"])))
 
 
 def _map(p: Patches, t: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -248,6 +267,14 @@ def sub(p: Patches, x, y, *, in_shapes) -> tuple:
     return _two_inputs(p, x, y, in_shapes, -1.0)
 
 
+def _same_shapes(g, n) -> bool:
+    """Every perturbed input has the node's shape (windows do not broadcast)."""
+    return all(g[i].shape == n.shape for i in n.inputs if i is not None and g[i].perturbed)
+
+
+add.covers = sub.covers = _same_shapes
+
+
 def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, **attrs) -> Patches:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
     lw, lb, uw, ub = (window_rows(p, t) for t in relax(op, x.lower, x.upper, mode, **attrs))
@@ -275,15 +302,3 @@ def derive(d: OpDef):
 __all__ = ["Patches", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows",
            "zero_bias"]
 
-
-def supports(op: str, attrs: dict, inputs: list, node) -> bool:
-    """Whether the patches rule of ``op`` covers this node (2-d convolutions, exact average pooling,
-    add/sub of same-shaped values); activations and elementwise maps always do."""
-    if op == "conv":
-        return inputs[1] is not None and not inputs[1].perturbed and len(inputs[1].shape) == 4
-    if op == "avg_pool2d":
-        return (not attrs["ceil_mode"] and attrs["divisor_override"] is None
-                and (attrs["count_include_pad"] or not any(attrs["padding"])))
-    if op in ("add", "sub"):
-        return all(i.shape == node.shape for i in inputs if i is not None and i.perturbed)
-    return True
