@@ -181,12 +181,21 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _load_weights(model: nn.Module, state: dict, where: str) -> None:
+    """``model.load_state_dict(state)``; weights that do not fit the rebuilt model are a :class:`BoundcError`."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise BoundcError(f"{where}: the stored weights do not fit the model it describes ({first})") from err
+
+
 def model_from_checkpoint(ckpt: dict, data: Dataset | None = None) -> tuple[nn.Module, TrainConfig, Dataset]:
     """Rebuild the trained model (eval mode), its config and its dataset from a checkpoint."""
     cfg = TrainConfig.from_dict(ckpt["config"])
     data = data or load_dataset(cfg.dataset, cfg.data_dir)
     model = build_model(cfg.model, data.in_shape, data.num_classes, cfg.seed, cfg.init)
-    model.load_state_dict(ckpt["model"])
+    _load_weights(model, ckpt["model"], "checkpoint")
     return model.eval(), cfg, data
 
 
@@ -203,7 +212,7 @@ class Trainer:
         self.state = TrainState(alpha=cfg.mixtrain_alpha)
         if resume:
             ck = load_checkpoint(resume)
-            self.model.load_state_dict(ck["model"])
+            _load_weights(self.model, ck["model"], f"checkpoint {resume}")
             self.opt.load_state_dict(ck["optimizer"])
             self.state = TrainState(**ck["state"])
         n = len(self.data.train) if cfg.max_train is None else min(cfg.max_train, len(self.data.train))
