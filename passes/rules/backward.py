@@ -283,8 +283,9 @@ def _alpha_k(a: Tensor | None, node_ndim: int) -> Tensor | None:
     return a.unsqueeze(0)
 
 
-def _rowdot(A: Tensor, t: Tensor) -> Tensor:
-    """``Σ_entries A * t`` per (sample, row): ``A`` (B, S, ...), ``t`` (B, S or 1, ...) → (B, S)."""
+def rowdot(A: Tensor, t: Tensor) -> Tensor:
+    """``Σ_entries A * t`` per (sample, row): ``A`` (B, S, ...), ``t`` (B, S or 1, ...) → (B, S).
+    Also the window product of :mod:`.patches` (rows of the same windows)."""
     A, t = A.flatten(2), t.flatten(2)
     if t.shape[1] == 1:
         return torch.einsum("bse,be->bs", A, t[:, 0])
@@ -301,7 +302,7 @@ def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Ten
     """
     P = A.clamp(min=0)
     N = A - P
-    bias = _rowdot(P, bias_pos) + _rowdot(N, bias_neg)
+    bias = rowdot(P, bias_pos) + rowdot(N, bias_neg)
     return torch.addcmul(P * slope_pos, N, slope_neg), bias
 
 
@@ -365,4 +366,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     return (Coeffs(lA, uA, lb, ub),)
 
 
-__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "through_lines", "zero_bias_like"]
+__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "rowdot", "through_lines", "zero_bias_like"]

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backward import through_lines
+from .backward import rowdot, through_lines
 from .interval import Interval
 from .ops import OpDef
 from .registry import deriver, rule
@@ -94,11 +94,6 @@ def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], paddin
     return (masks[0][..., :, None] & masks[1][..., None, :]).unsqueeze(2)
 
 
-def _dot(A: Tensor, rows: Tensor) -> Tensor:
-    """Per-row inner product of windows: (B', R, C, Kh, Kw) · (B'', R, C, Kh, Kw) → (B, R)."""
-    return (A * rows).flatten(2).sum(-1)
-
-
 def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor) -> Patches:
     """Unit rows for the neurons ``idx`` (B, R) (flat indices per sample) of a node of per-sample ``shape`` (C, H, W)."""
     C, H, W = shape
@@ -115,8 +110,8 @@ def concretize(p: Patches, x_lower: Tensor, x_upper: Tensor) -> Interval:
     """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias``."""
     centre = window_rows(p, (x_upper + x_lower) / 2)
     radius = window_rows(p, (x_upper - x_lower) / 2)
-    lower = _dot(p.lA, centre) - _dot(p.lA.abs(), radius) + p.lb
-    upper = _dot(p.uA, centre) + _dot(p.uA.abs(), radius) + p.ub
+    lower = rowdot(p.lA, centre) - rowdot(p.lA.abs(), radius) + p.lb
+    upper = rowdot(p.uA, centre) + rowdot(p.uA.abs(), radius) + p.ub
     return Interval(lower, upper)
 
 
@@ -229,8 +224,8 @@ def _map(p: Patches, t: Tensor, shape: tuple[int, ...]) -> Tensor:
 def scale_shift(p: Patches, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
     """``A * scale`` window by window; ``A·shift`` into the bias."""
     shape = tuple(in_shapes[0])
-    lb = 0.0 if shift is None else _dot(p.lA, _map(p, shift, shape))
-    ub = 0.0 if shift is None else _dot(p.uA, _map(p, shift, shape))
+    lb = 0.0 if shift is None else rowdot(p.lA, _map(p, shift, shape))
+    ub = 0.0 if shift is None else rowdot(p.uA, _map(p, shift, shape))
     if scale is None:
         return (_with(p, p.lA, p.uA, lb, ub), None, None)
     s = _map(p, scale, shape)
@@ -244,9 +239,9 @@ def _two_inputs(p: Patches, x, y, in_shapes, sign: float) -> tuple:
     shape = tuple(in_shapes[0] if xp else in_shapes[1])
     lb = ub = 0.0
     if not xp:
-        lb, ub = _dot(p.lA, _map(p, x, shape)), _dot(p.uA, _map(p, x, shape))
+        lb, ub = rowdot(p.lA, _map(p, x, shape)), rowdot(p.uA, _map(p, x, shape))
     if not yp:
-        lb, ub = lb + sign * _dot(p.lA, _map(p, y, shape)), ub + sign * _dot(p.uA, _map(p, y, shape))
+        lb, ub = lb + sign * rowdot(p.lA, _map(p, y, shape)), ub + sign * rowdot(p.uA, _map(p, y, shape))
     biased = _with(p, p.lA, p.uA, lb, ub)
     out: list[Patches | None] = [biased if xp else None, None]
     if yp:
