@@ -7,7 +7,7 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from boundc.errors import BoundcError
@@ -52,44 +52,24 @@ def _number(kind: type, text: str) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An integer ≥ 1."""
-    v = _number(int, text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return v
+def _checked(kind: type, ok: Callable[[float], bool], must: str, doc: str) -> Callable[[str], int | float]:
+    """An argparse type: a number of ``kind`` for which ``ok`` holds (else "must be ``must``")."""
+
+    def parse(text: str) -> int | float:
+        v = _number(kind, text)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return v
+
+    parse.__doc__ = doc
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """An integer ≥ 0."""
-    v = _number(int, text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    """A finite number ≥ 0."""
-    v = _number(float, text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    v = _number(float, text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return v
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1]."""
-    v = _number(float, text)
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return v
+positive_int = _checked(int, lambda v: v >= 1, "at least 1", "An integer ≥ 1.")
+nonneg_int = _checked(int, lambda v: v >= 0, "0 or more", "An integer ≥ 0.")
+nonneg_float = _checked(float, lambda v: v >= 0, "0 or more", "A finite number ≥ 0.")
+positive_float = _checked(float, lambda v: v > 0, "greater than 0", "A finite number > 0.")
+unit_float = _checked(float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1", "A number in [0, 1].")
 
 
 def any_int(text: str) -> int:
