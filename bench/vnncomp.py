@@ -180,6 +180,7 @@ class BenchCounts:
     unsound: int = 0
     time: float = 0.0
     names: set[str] = field(default_factory=set)
+    methods: Counter = field(default_factory=Counter)
 
     @property
     def solved(self) -> int:
@@ -202,6 +203,7 @@ def count_results(csv_path: str | os.PathLike) -> BenchCounts:
             c.unsound += is_unsound(r["result"], r["known"])
             c.time += float(r["time"] or 0.0)
             c.names.add(r["instance"])
+            c.methods[r.get("method") or "?"] += 1
     return c
 
 
@@ -221,8 +223,7 @@ def summary_table(out_dir: str | os.PathLike, root: str | os.PathLike,
         full = official_counts(official, p.stem)
         sub = official_counts(official, p.stem, c.names)
         if full is None or sub is None:
-            ab = med = "—"
-            tools = ""
+            ab = med = tools = "—"
         else:
             years.add(full.year)
             mark = "" if full.year == "2021" else f" ({full.year})"
@@ -324,7 +325,8 @@ def write_summary(out_dir: str | os.PathLike, root: str | os.PathLike, summary: 
         if not (out_dir / f"{p.stem}.csv").exists():
             continue
         cap = "listed" if not r.get("timeout_cap") else f"{r['timeout_cap']:g} s"
-        runs.append(f"| {p.stem} | {r.get('method')} | {cap} | {r.get('limit') or 'all'} | {r.get('threads')} "
+        method = ", ".join(count_results(out_dir / f"{p.stem}.csv").methods) or r.get("method")
+        runs.append(f"| {p.stem} | {method} | {cap} | {r.get('limit') or 'all'} | {r.get('threads')} "
                     f"| {r.get('wall_s')} | {r.get('rc')} | {r.get('commit')} | {r.get('date')} | {r.get('cpu')} |")
     lines = ["# VNN-COMP sweep (`python bench/vnncomp.py`)", "",
              f"Summary written {_dt.datetime.now().isoformat(timespec='seconds')} at commit {git_commit()} "
