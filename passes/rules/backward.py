@@ -155,6 +155,22 @@ def conv(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride
     return (map_coeffs(c, tr, bias_of(c.lA), bias_of(c.uA), same_for_every_sample=True), None, None)
 
 
+@rule("conv_transpose", DOMAIN)
+def conv_transpose(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, output_padding,
+                   dilation, groups) -> tuple:
+    """Transpose of a transposed convolution: the convolution with the same weight; the bias moves into the bias
+    term."""
+    in_shape = tuple(in_shapes[0])
+
+    def tr(A: Tensor) -> Tensor:
+        return transpose.conv_transpose_t(A, in_shape, weight, stride, padding, dilation, groups)
+
+    def bias_of(A: Tensor) -> Tensor | float:
+        return 0.0 if bias is None else A.flatten(3).sum(-1) @ bias
+
+    return (map_coeffs(c, tr, bias_of(c.lA), bias_of(c.uA), same_for_every_sample=True), None, None)
+
+
 @rule("scale_shift", DOMAIN)
 def scale_shift(c: Coeffs, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
     """``A * scale`` (summed over broadcast dims); ``A·shift`` into the bias."""
@@ -228,7 +244,9 @@ def _structural(name: str, transpose: Callable[[Tensor, tuple, dict], Tensor]) -
 for _op, _t in (("reshape", lambda A, in_shape, attrs: transpose.reshape_t(A, in_shape)),
                 ("permute", lambda A, in_shape, attrs: transpose.permute_t(A, attrs["dims"])),
                 ("avg_pool2d", lambda A, in_shape, attrs: transpose.avg_pool2d_t(A, in_shape, **attrs)),
-                ("adaptive_avg_pool2d", lambda A, in_shape, attrs: transpose.adaptive_avg_pool2d_t(A, in_shape))):
+                ("adaptive_avg_pool2d", lambda A, in_shape, attrs: transpose.adaptive_avg_pool2d_t(A, in_shape)),
+                ("gather", lambda A, in_shape, attrs: transpose.gather_t(A, in_shape, **attrs)),
+                ("reduce_sum", lambda A, in_shape, attrs: transpose.reduce_sum_t(A, in_shape, **attrs))):
     rule(_op, DOMAIN)(_structural(_op, _t))
 
 

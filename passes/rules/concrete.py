@@ -249,3 +249,65 @@ def neg(x: Tensor) -> Tensor:
 def reciprocal(x: Tensor) -> Tensor:
     """``1 / x``."""
     return 1.0 / x
+
+
+# -- ops added for VNN-COMP coverage ----------------------------------------------------------
+
+def gather(x: Tensor, *, dim: int, index: tuple[int, ...]) -> Tensor:
+    """Entries ``index`` (non-negative, constant) of ``x`` along ``dim`` (slices, splits and gathers)."""
+    return x.index_select(dim, torch.tensor(index, dtype=torch.long, device=x.device))
+
+
+def reduce_sum(x: Tensor, *, dims: tuple[int, ...], keepdim: bool, scale: float) -> Tensor:
+    """``scale * x.sum(dims)`` (``scale = 1 / n`` for a mean)."""
+    out = x.sum(dim=tuple(dims), keepdim=keepdim)
+    return out if scale == 1.0 else out * scale
+
+
+def conv_transpose(x: Tensor, weight: Tensor, bias: Tensor | None, *, stride: tuple, padding: tuple,
+                   output_padding: tuple, dilation: tuple, groups: int) -> Tensor:
+    """N-d transposed convolution (N from the weight's rank)."""
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[weight.dim() - 2]
+    return fn(x, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def exp(x: Tensor) -> Tensor:
+    """``e^x``."""
+    return torch.exp(x)
+
+
+def reciprocal_pos(x: Tensor, *, floor: float) -> Tensor:
+    """``1 / max(x, floor)``: the reciprocal of a value known to be ``>= floor > 0``."""
+    return 1.0 / x.clamp(min=floor)
+
+
+def power(x: Tensor, *, exponent: float) -> Tensor:
+    """``x ** exponent`` for an integer exponent >= 2; ``sqrt(max(x, 0))`` for 0.5."""
+    if exponent == 0.5:
+        return torch.sqrt(x.clamp(min=0))
+    return x ** int(exponent)
+
+
+def sign(x: Tensor) -> Tensor:
+    """-1, 0 or 1."""
+    return torch.sign(x)
+
+
+def floor(x: Tensor) -> Tensor:
+    """Round down."""
+    return torch.floor(x)
+
+
+def ceil(x: Tensor) -> Tensor:
+    """Round up."""
+    return torch.ceil(x)
+
+
+def sin(x: Tensor) -> Tensor:
+    """Sine."""
+    return torch.sin(x)
+
+
+def cos(x: Tensor) -> Tensor:
+    """Cosine."""
+    return torch.cos(x)

@@ -99,6 +99,14 @@ def conv(x: Symbolic, weight: Tensor, bias: Tensor | None, **kw) -> Symbolic:
                    lambda t: concrete.conv(t, weight.abs(), None, **kw), lambda t: concrete.conv(t, weight, bias, **kw))
 
 
+@rule("conv_transpose", DOMAIN)
+def conv_transpose(x: Symbolic, weight: Tensor, bias: Tensor | None, **kw) -> Symbolic:
+    """Transposed convolution in centre/radius form."""
+    return _cr_map(x, lambda t: concrete.conv_transpose(t, weight, None, **kw),
+                   lambda t: concrete.conv_transpose(t, weight.abs(), None, **kw),
+                   lambda t: concrete.conv_transpose(t, weight, bias, **kw))
+
+
 def _align(t: Tensor, ref: Tensor) -> Tensor:
     """Insert the coefficient dimension into a batched constant (rank == value rank incl. batch)."""
     return t.unsqueeze(1) if t.dim() == ref.dim() - 1 else t

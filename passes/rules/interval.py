@@ -48,6 +48,14 @@ def conv(x: Interval, weight: Tensor, bias: Tensor | None, *, stride: tuple, pad
                          relu_input=relu_input, backend=backend)
 
 
+@rule("conv_transpose", DOMAIN)
+def conv_transpose(x: Interval, weight: Tensor, bias: Tensor | None, **kw) -> Interval:
+    """Transposed convolution in centre/radius form: ``convT(c, W) + b ± convT(r, |W|)``."""
+    c, r = centre_radius(x)
+    return from_centre_radius(concrete.conv_transpose(c, weight, bias, **kw),
+                              concrete.conv_transpose(r, weight.abs(), None, **kw))
+
+
 @rule("scale_shift", DOMAIN)
 def scale_shift(x: Interval, scale: Tensor | None, shift: Tensor | None) -> Interval:
     """``x * s + t`` elementwise: exact for a box."""

@@ -17,6 +17,7 @@ Adding an elementwise activation is one :func:`defop` call with a relaxation
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -202,3 +203,34 @@ defop("compose_shift", "(t1?, s2?, t2?) shift of two chained scale_shifts", C.co
 defop("neg", "(x) -x", C.neg)
 defop("reciprocal", "(x) 1 / x (of a constant: division by an input-dependent value is not supported)",
       C.reciprocal, check=lambda a: "division by an input-dependent value")
+
+# -- ops added for VNN-COMP coverage -----------------------------------------------------------
+defop("gather", "(x) entries attrs index (constant, non-negative) along attrs dim: slices, splits, gathers",
+      C.gather, ("dim", "index"), affine=True, monotone=True, structural=True)
+defop("reduce_sum", "(x) scale * sum over attrs dims (keepdim); scale >= 0 (1/n: a mean)", C.reduce_sum,
+      ("dims", "keepdim", "scale"), affine=True, monotone=True, mixing=True,
+      check=lambda a: ("reduce_sum with a negative scale" if a["scale"] < 0 else None))
+defop("conv_transpose", "(x, weight, bias?) N-d transposed convolution", C.conv_transpose,
+      ("stride", "padding", "output_padding", "dilation", "groups"), affine=True, mixing=True)
+defop("exp", "(x) e^x", C.exp, elementwise=True, monotone=True, needs_bounds=True,
+      relaxation=R.smooth_relaxation(lambda: R.EXP))
+defop("reciprocal_pos", "(x) 1 / max(x, floor): the reciprocal of a value known to be >= floor > 0 "
+      "(the sum of exponentials of a softmax)", C.reciprocal_pos, ("floor",), elementwise=True, needs_bounds=True,
+      relaxation=Relaxation(R.reciprocal_lines, AlphaSpec(2, R.reciprocal_alpha_init, R.tangent_projection,
+                                                          lr_scale=0.02), R.reciprocal_interval),
+      check=lambda a: (None if a["floor"] > 0 else "reciprocal_pos needs a positive floor"),
+      examples=({"floor": 1.0},))
+defop("power", "(x) x ** exponent: an integer >= 2, or 0.5 (sqrt of a non-negative value)", C.power,
+      ("exponent",), elementwise=True, needs_bounds=True,
+      relaxation=Relaxation(R.power_lines, AlphaSpec(2, R.power_alpha_init, R.tangent_projection, lr_scale=0.02),
+                            R.power_interval),
+      check=R.power_check, examples=({"exponent": 2}, {"exponent": 3}, {"exponent": 0.5}))
+defop("sign", "(x) -1, 0 or 1 (a step)", C.sign, elementwise=True, monotone=True, needs_bounds=True,
+      relaxation=R.step_relaxation(C.sign))
+defop("floor", "(x) round down (a staircase)", C.floor, elementwise=True, monotone=True, needs_bounds=True,
+      relaxation=R.step_relaxation(C.floor))
+defop("ceil", "(x) round up (a staircase)", C.ceil, elementwise=True, monotone=True, needs_bounds=True,
+      relaxation=R.step_relaxation(C.ceil))
+defop("sin", "(x) sine", C.sin, elementwise=True, needs_bounds=True, relaxation=R.periodic_relaxation(0.0))
+defop("cos", "(x) cosine", C.cos, elementwise=True, needs_bounds=True,
+      relaxation=R.periodic_relaxation(math.pi / 2))

@@ -605,6 +605,204 @@ def smooth_relaxation(fn_of: Callable[..., Smooth], eval_fn: Callable[..., Tenso
     return Relaxation(lines, AlphaSpec(2, init, tangent_projection, lr_scale=0.02), interval)
 
 
+# -- ops added for VNN-COMP coverage: exp, reciprocal, powers, steps, sin / cos ------------------------
+
+EXP = Smooth(torch.exp, torch.exp, (), convex_first=True)
+
+
+def _extend_const(ln: Lines, l: Tensor, x0: Tensor | float, f0: Tensor | float) -> Lines:
+    """Make lines that are sound on ``[max(l, x0), u]`` sound on ``[l, u]`` for a function equal to the constant
+    ``f0`` on ``x <= x0``: a line is linear, so it suffices that it is on the right side of ``f0`` at ``l``."""
+    below = l < x0
+    lb = torch.where(below, torch.minimum(ln.lb, f0 - ln.lw * l - _fp_slack(ln.lw * l)), ln.lb)
+    ub = torch.where(below, torch.maximum(ln.ub, f0 - ln.uw * l + _fp_slack(ln.uw * l)), ln.ub)
+    return Lines(ln.lw, lb, ln.uw, ub)
+
+
+def _recip(x: Tensor) -> Tensor:
+    return 1.0 / x
+
+
+def _drecip(x: Tensor) -> Tensor:
+    return -1.0 / (x * x)
+
+
+RECIPROCAL = Smooth(_recip, _drecip, (), convex_first=True, monotone=False)
+
+
+def reciprocal_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, *,
+                     floor: float) -> Lines:
+    """``1 / max(x, floor)`` (convex, decreasing): the smooth lines of ``1/x`` on ``[max(l, floor), max(u, floor)]``,
+    extended by the constant ``1 / floor`` left of ``floor`` (where ``l < floor`` the upper line is that constant)."""
+    lc, uc = l.clamp(min=floor), u.clamp(min=floor)
+    ln = _extend_const(smooth_lines(RECIPROCAL, lc, uc, alpha), l, floor, 1.0 / floor)
+    below = l < floor  # the maximum 1 / floor is attained: a constant upper line
+    top = torch.full_like(ln.ub, 1.0 / floor)
+    # lower: the extended line or the constant minimum 1 / max(u, floor), whichever is higher mid-box
+    bottom = 1.0 / uc
+    bottom = bottom - _fp_slack(bottom)
+    flat = below & (bottom >= ln.lw * (l + u) / 2 + ln.lb)
+    zero = torch.zeros_like(ln.uw)
+    return Lines(torch.where(flat, zero, ln.lw), torch.where(flat, bottom, ln.lb), torch.where(below, zero, ln.uw),
+                 torch.where(below, top + _fp_slack(top), ln.ub))
+
+
+def reciprocal_alpha_init(l: Tensor, u: Tensor, *, floor: float) -> Tensor:
+    """CROWN's tangent points of the reciprocal, shape ``(2, *l.shape)``."""
+    return smooth_alpha_init(RECIPROCAL, l.clamp(min=floor), u.clamp(min=floor))
+
+
+def reciprocal_interval(l: Tensor, u: Tensor, *, floor: float) -> tuple[Tensor, Tensor]:
+    """Image of ``[l, u]`` under ``1 / max(x, floor)`` (decreasing)."""
+    return 1.0 / u.clamp(min=floor), 1.0 / l.clamp(min=floor)
+
+
+@cache
+def power_fn(exponent: int) -> Smooth:
+    """``x ** n`` for an integer ``n >= 2``: convex with its minimum 0 at 0 (even), or monotone with an
+    inflection at 0 (odd)."""
+    n = int(exponent)
+
+    def f(x: Tensor) -> Tensor:
+        return x ** n
+
+    def df(x: Tensor) -> Tensor:
+        return n * x ** (n - 1)
+
+    if n % 2 == 0:
+        return Smooth(f, df, (), convex_first=True, monotone=False, argmin=0.0, minimum=0.0)
+    return Smooth(f, df, (0.0,), convex_first=False)
+
+
+def sqrt_lines(l: Tensor, u: Tensor, alpha: Tensor | None = None) -> Lines:
+    """``sqrt(max(x, 0))`` (concave, increasing on x >= 0): lower secant, upper tangent at ``alpha[0]``
+    (default the midpoint; a constant line where the tangent point is ~0), rounded outward and
+    extended by the constant 0 left of 0."""
+    a, b = l.clamp(min=0), u.clamp(min=0)
+    ra, rb = torch.sqrt(a), torch.sqrt(b)
+    w = b - a
+    flat = w <= 1e-6 * (1 + b)
+    lw = torch.where(flat, torch.zeros_like(w), (rb - ra) / torch.where(flat, torch.ones_like(w), w))
+    lb = ra - lw * a
+    lb = lb - 4 * (_fp_slack(lb) + _fp_slack(lw * b) + _fp_slack(rb))
+    t = (a + b) / 2 if alpha is None else torch.minimum(torch.maximum(alpha[0], a), b)
+    small = t <= 1e-12 * (1 + b)
+    rt = torch.sqrt(torch.where(small, torch.ones_like(t), t))
+    uw = torch.where(small, torch.zeros_like(t), 0.5 / rt)
+    ub = torch.where(small, rb, rt / 2)
+    ub = ub + 4 * (_fp_slack(ub) + _fp_slack(uw * b) + _fp_slack(rb))
+    return _extend_const(Lines(lw, lb, uw, ub), l, 0.0, 0.0)
+
+
+def power_lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, *,
+                exponent: float) -> Lines:
+    """Lines of ``x ** exponent`` (integer >= 2: the smooth construction; 0.5: :func:`sqrt_lines`)."""
+    if exponent == 0.5:
+        return sqrt_lines(l, u, alpha)
+    return smooth_lines(power_fn(int(exponent)), l, u, alpha)
+
+
+def power_alpha_init(l: Tensor, u: Tensor, *, exponent: float) -> Tensor:
+    """CROWN's tangent points, shape ``(2, *l.shape)`` (for 0.5 the midpoint, used by the upper line)."""
+    if exponent == 0.5:
+        m = (l.clamp(min=0) + u.clamp(min=0)) / 2
+        return torch.stack((m, m))
+    return smooth_alpha_init(power_fn(int(exponent)), l, u)
+
+
+def power_interval(l: Tensor, u: Tensor, *, exponent: float) -> tuple[Tensor, Tensor]:
+    """Exact image of ``[l, u]`` under ``x ** exponent`` (end points, and 0 for an even power across 0)."""
+    if exponent == 0.5:
+        return torch.sqrt(l.clamp(min=0)), torch.sqrt(u.clamp(min=0))
+    n = int(exponent)
+    if n % 2:
+        return l ** n, u ** n
+    return unimodal_interval(power_fn(n), lambda x: x ** n, l, u)
+
+
+def power_check(attrs: dict) -> str | None:
+    """The exponents the power relaxation supports: integers >= 2 and 0.5."""
+    e = attrs["exponent"]
+    if e == 0.5 or (float(e).is_integer() and e >= 2):
+        return None
+    return f"Pow with exponent {e} (supported: integers >= 2 and 0.5)"
+
+
+def step_relaxation(f: Callable[[Tensor], Tensor]) -> Relaxation:
+    """The relaxation of a non-decreasing step function ``f`` (sign, floor, ceil): the constant lines
+    ``f(l)`` and ``f(u)`` (exact where the box holds no step)."""
+
+    def lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None) -> Lines:
+        zero = torch.zeros_like(l)
+        return Lines(zero, f(l), zero, f(u))
+
+    lines.__doc__ = f"Constant lines ``{getattr(f, '__name__', 'f')}(l)`` and ``(u)``."
+    return Relaxation(lines)
+
+
+#: sin on [-2π, 4π]: concave on [2kπ, (2k+1)π], convex between; boxes are shifted into [-π, 3π].
+SIN = Smooth(torch.sin, torch.cos, (-math.pi, 0.0, math.pi, 2 * math.pi, 3 * math.pi), convex_first=False,
+             monotone=False)
+_TWO_PI = 2 * math.pi
+
+
+def _periodic_shift(l: Tensor, u: Tensor, phase: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """In float64: ``y = x + shift`` maps ``[l, u]`` to ``[yl, yu]`` with ``yl`` in ``[-π, π)`` (``sin(y)`` is
+    ``sin(x + phase)``); ``wide`` marks boxes of width ``>= 2π`` (clamped to a point)."""
+    l64, u64 = l.double(), u.double()
+    k = torch.floor((l64 + phase + math.pi) / _TWO_PI)
+    shift = phase - _TWO_PI * k
+    wide = (u64 - l64) >= _TWO_PI - 1e-9
+    yl = l64 + shift
+    yu = torch.where(wide, yl, u64 + shift)
+    return yl, yu, shift, wide
+
+
+def _outward(lines: Lines, l: Tensor, u: Tensor, dtype: torch.dtype) -> Lines:
+    """Cast float64 lines to ``dtype``, widening the intercepts by the cast's and ``dtype``'s rounding."""
+    reach = torch.maximum(l.double().abs(), u.double().abs())
+    eps = torch.finfo(dtype).eps
+    lw, uw = lines.lw.to(dtype), lines.uw.to(dtype)
+    lb = lines.lb - 4 * eps * (1 + lines.lb.abs() + lines.lw.abs() * reach)
+    ub = lines.ub + 4 * eps * (1 + lines.ub.abs() + lines.uw.abs() * reach)
+    return Lines(lw, lb.to(dtype), uw, ub.to(dtype))
+
+
+def periodic_relaxation(phase: float) -> Relaxation:
+    """The relaxation of ``sin(x + phase)`` (sin: 0, cos: π/2): the smooth construction on the box shifted by a
+    multiple of 2π into one period (computed in float64, rounded outward); constant lines ±1 on a box
+    of width >= 2π.  ``alpha``: the tangent points of the upper and lower lines."""
+
+    def lines(l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None) -> Lines:
+        yl, yu, shift, wide = _periodic_shift(l, u, phase)
+        a = None if alpha is None else alpha.double() + shift
+        ln = smooth_lines(SIN, yl, yu, a)
+        slack = 4 * torch.finfo(torch.float64).eps * (1 + shift.abs())
+        lb = ln.lb + ln.lw * shift - slack * (1 + ln.lw.abs())
+        ub = ln.ub + ln.uw * shift + slack * (1 + ln.uw.abs())
+        zero, one = torch.zeros_like(yl), torch.ones_like(yl)
+        ln = Lines(torch.where(wide, zero, ln.lw), torch.where(wide, -one, lb),
+                   torch.where(wide, zero, ln.uw), torch.where(wide, one, ub))
+        return _outward(ln, l, u, l.dtype)
+
+    def init(l: Tensor, u: Tensor) -> Tensor:
+        yl, yu, shift, _ = _periodic_shift(l, u, phase)
+        return (smooth_alpha_init(SIN, yl, yu) - shift).to(l.dtype)
+
+    def interval(l: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        yl, yu, _, wide = _periodic_shift(l, u, phase)
+        sl, su = torch.sin(yl), torch.sin(yu)
+        lo, hi = torch.minimum(sl, su), torch.maximum(sl, su)
+        peak = ((yl <= math.pi / 2) & (yu >= math.pi / 2)) | (yu >= 5 * math.pi / 2)
+        trough = ((yl <= -math.pi / 2) & (yu >= -math.pi / 2)) | ((yl <= 1.5 * math.pi) & (yu >= 1.5 * math.pi))
+        hi = torch.where(peak | wide, torch.ones_like(hi), hi)
+        lo = torch.where(trough | wide, -torch.ones_like(lo), lo)
+        eps = 2 * torch.finfo(l.dtype).eps
+        return (lo - eps).clamp(min=-1).to(l.dtype), (hi + eps).clamp(max=1).to(l.dtype)
+
+    return Relaxation(lines, AlphaSpec(2, init, tangent_projection, lr_scale=0.02), interval)
+
+
 def relax(op: str, l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor | None = None, **attrs) -> Lines:
     """The relaxation lines of activation ``op`` on ``[l, u]`` (from the op table)."""
     from .ops import opdef
@@ -615,5 +813,5 @@ def relax(op: str, l: Tensor, u: Tensor, mode: str = Mode.CROWN, alpha: Tensor |
     return r.lines(l, u, mode, alpha, **attrs)
 
 
-__all__ = ["AlphaSpec", "Lines", "Mode", "Relaxation", "Smooth", "relax", "smooth_alpha_init", "smooth_lines",
-           "smooth_relaxation", "softplus_fn"]
+__all__ = ["AlphaSpec", "Lines", "Mode", "Relaxation", "Smooth", "periodic_relaxation", "power_fn", "relax",
+           "smooth_alpha_init", "smooth_lines", "smooth_relaxation", "softplus_fn", "step_relaxation"]

@@ -202,5 +202,45 @@ def conv_input(nd: int) -> Callable[..., Tensor]:
     return conv_input_nd
 
 
-__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv_input", "crop_pad", "pad_t", "permute_t",
-           "reshape_t"]
+# -- gather / reduce / transposed convolution ------------------------------------------------------
+
+def gather_t(A: Tensor, in_shape: tuple[int, ...], dim: int, index: tuple[int, ...]) -> Tensor:
+    """Transpose of ``x.index_select(dim, index)`` (``dim`` counts the batch): scatter-add ``A`` into zeros
+    (repeated indices add up)."""
+    d = dim + 1
+    idx = torch.tensor(index, dtype=torch.long, device=A.device)
+    out = A.new_zeros(tuple(A.shape[:2]) + tuple(in_shape))
+    return out.index_add(d, idx, A)
+
+
+def reduce_sum_t(A: Tensor, in_shape: tuple[int, ...], dims: tuple[int, ...], keepdim: bool,
+                 scale: float) -> Tensor:
+    """Transpose of ``scale * x.sum(dims, keepdim)`` (``dims`` count the batch): broadcast ``scale * A``
+    back over the reduced dimensions."""
+    if not keepdim:
+        for d in sorted(int(d) for d in dims):
+            A = A.unsqueeze(d + 1)
+    if scale != 1.0:
+        A = A * scale
+    return A.expand(tuple(A.shape[:2]) + tuple(in_shape))
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def conv_transpose_t(A: Tensor, in_shape: tuple[int, ...], weight: Tensor, stride, padding, dilation,
+                     groups: int) -> Tensor:
+    """Transpose of ``conv_transpose{N}d(x, weight, ...)``: the convolution with the same weight, stride, padding,
+    dilation and groups (cropped / zero-extended to the input size, which it already has)."""
+    nd = weight.dim() - 2
+    lead = tuple(A.shape[:2])
+    g = _CONV[nd](_fold(A, nd + 1), weight, None, tuple(stride), tuple(padding), tuple(dilation), groups)
+    for k in range(nd):
+        dim = g.dim() - nd + k
+        want = int(in_shape[-nd + k])
+        g = crop_pad(g, dim, 0, want - int(g.shape[dim]))
+    return g.reshape(lead + tuple(in_shape))
+
+
+__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv_input", "conv_transpose_t", "crop_pad", "gather_t", "pad_t",
+           "permute_t", "reduce_sum_t", "reshape_t"]
