@@ -105,9 +105,9 @@ class Emitter:
         self.values[n.name] = v
         return v
 
-    def finish(self, lower: fx.Node, upper: fx.Node) -> fx.GraphModule:
-        """Close the graph with ``return (lower, upper)`` and wrap it as a GraphModule."""
-        self.fx.output((lower, upper))
+    def finish(self, lower: fx.Node, upper: fx.Node, *extra: fx.Node) -> fx.GraphModule:
+        """Close the graph with ``return (lower, upper, *extra)`` and wrap it as a GraphModule."""
+        self.fx.output((lower, upper, *extra))
         for ph in list(self.inputs.values()):
             if not ph.users and ph.name not in ("x_lower", "x_upper"):
                 self.fx.erase_node(ph)

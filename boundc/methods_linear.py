@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.fx as fx
+from torch import Tensor
 
 from boundc.codegen import Emitter, _ident, emit_interval_node, method
 from boundc.ir import Graph
@@ -50,11 +51,25 @@ DENSE = WalkForm("backward", bw.concretize, bw.add_coeffs)
 PATCHES = WalkForm("patches", patches.concretize, patches.add_patches)
 
 
+def add_split_terms(res: tuple, beta: Tensor | None) -> tuple:
+    """Add the Lagrangian terms of split constraints (β-CROWN) to the lower coefficients of an
+    activation's input: ``beta`` (B, S, *shape) is ``β·σ`` with ``β >= 0`` and ``σ = -1`` on a neuron
+    split active (``z >= 0``), ``+1`` split inactive (``z <= 0``), 0 elsewhere, so the added term
+    ``β·σ·z`` is ``<= 0`` on the sub-domain and the lower bound stays sound for every ``β >= 0``."""
+    if beta is None:
+        return res
+    c = res[0]
+    return (bw.Coeffs(c.lA + beta, c.uA, c.lb, c.ub), *res[1:])
+
+
 def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node], mode: str,
-              alphas: dict[str, fx.Node] | None = None, form: WalkForm = DENSE) -> fx.Node:
+              alphas: dict[str, fx.Node] | None = None, form: WalkForm = DENSE,
+              betas: dict[str, fx.Node] | None = None, taps: dict[str, fx.Node | None] | None = None) -> fx.Node:
     """Emit one backward pass from ``root`` (state ``start``) to the input; returns its concretised Interval.
 
-    Contributions of several users of a node are summed (``form.add``).
+    Contributions of several users of a node are summed (``form.add``).  ``betas`` (activation node ->
+    fx value) adds split-constraint terms (:func:`add_split_terms`) at those activations' inputs;
+    ``taps`` (node -> filled in here) records the lower coefficients of the state at those nodes.
     """
     g = em.g
     order = ancestors(g, root)
@@ -62,6 +77,8 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
     for name in reversed(order):
         n = g[name]
         state = pending.pop(name)
+        if taps is not None and name in taps:
+            taps[name] = em.attr(state, "lA")
         if n.op == "input":
             return em.call(form.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
         fn = get_rule(n.op, form.domain)
@@ -72,6 +89,8 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
             if alphas is not None and name in alphas:
                 kwargs["alpha"] = alphas[name]
         res = em.call(fn, (state, *args), kwargs, name=f"A_{name}")
+        if betas is not None and name in betas:
+            res = em.call(add_split_terms, (res, betas[name]), name=f"A_{name}_split")
         for k, i in enumerate(n.inputs):
             if i is None or not g[i].perturbed:
                 continue
@@ -105,13 +124,17 @@ def _walk_bounds_needed(g: Graph, root: str) -> list[str]:
     return need
 
 
-def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: WalkForm = DENSE
+def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: WalkForm = DENSE,
+               splits: tuple[str, ...] = (), taps: tuple[str, ...] = ()
                ) -> tuple[fx.GraphModule, tuple[str, ...], dict[str, str], dict[str, str]]:
     """A generated module running one backward pass from ``root``.
 
     Returns the module, its placeholder names in order, the placeholder of each
-    bound it reads (placeholder -> IR node) and of each relaxation's α (placeholder ->
-    the activation node).
+    bound it reads (placeholder -> IR node) and of each relaxation's α or split
+    multipliers (placeholder -> the activation node).  ``splits``: activations that
+    take a ``beta_<node>`` placeholder (:func:`add_split_terms`, for branch and bound);
+    ``taps``: nodes whose lower coefficients the module also returns, in this order,
+    after ``lower`` and ``upper``.
     """
     sub = Emitter(g)
     start = sub.fx.placeholder("start", default_value=None)
@@ -126,8 +149,14 @@ def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: W
             if relaxation is not None and relaxation.alpha is not None:
                 p = sub.fx.placeholder("alpha_" + _ident(name), default_value=None)
                 aph[name], amap[p.target] = p, name
-    res = emit_walk(sub, root, start, bph, "crown" if with_alpha else mode, aph if with_alpha else None, form)
-    gm = sub.finish(sub.attr(res, "lower"), sub.attr(res, "upper"))
+    betas = {}
+    for name in splits:
+        p = sub.fx.placeholder("beta_" + _ident(name), default_value=None)
+        betas[name], amap[p.target] = p, name
+    tapped: dict[str, fx.Node | None] = dict.fromkeys(taps)
+    res = emit_walk(sub, root, start, bph, "crown" if with_alpha else mode, aph if with_alpha else None, form,
+                    betas=betas or None, taps=tapped if taps else None)
+    gm = sub.finish(sub.attr(res, "lower"), sub.attr(res, "upper"), *(tapped[t] for t in taps))
     gm.__class__.__name__ = "BackwardWalk"
     names = tuple(n.target for n in gm.graph.nodes if n.op == "placeholder")
     return gm, names, {k: v for k, v in bmap.items() if k in names}, {k: v for k, v in amap.items() if k in names}

@@ -38,6 +38,7 @@ from boundc.errors import BoundcError
 from boundc.frontends.vnnlib import Spec, read_vnnlib
 from boundc.passes.graph.analysis import evaluate
 from boundc.verify.attacks import pgd
+from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound
 from boundc.verify.cascade import Stage, Verdict, run_cascade
 
 #: Bound methods in order of preference when the requested one is missing.
@@ -84,6 +85,8 @@ class VerifyOptions:
     batch: int = 512
     max_boxes: int = 200_000
     seed: int = 0
+    bab: bool = True
+    bab_options: BabOptions = field(default_factory=BabOptions)
     complete: bool = False
     precision: Precision = Precision.FLOAT64
 
@@ -167,6 +170,16 @@ class VerifierModel:
         self.ort_name = inp.name
         self.ort_batched = len(inp.shape) == len(self.input_shape) + 1
         self.milp = None  # the MILP encoding, built on first use (VerifyOptions.complete)
+        self._spec_bounds: SpecBounds | None | BoundcError = None
+
+    def spec_bounds(self) -> SpecBounds | None:
+        """The β-CROWN bound program of branch and bound, built on first use (``None``: no ReLU to split)."""
+        if self._spec_bounds is None:
+            try:
+                self._spec_bounds = SpecBounds(self.graph, self.precision.dtype)
+            except BoundcError as err:
+                self._spec_bounds = err
+        return None if isinstance(self._spec_bounds, BoundcError) else self._spec_bounds
 
     def check_property(self, n_in: int, n_out: int, where: str) -> None:
         """One clear error when the property's variable counts do not match the model."""
@@ -279,6 +292,46 @@ class _Search:
         return self.check_points(res.x[0])
 
     # -- proof --------------------------------------------------------------------------
+    def branch_and_bound(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[Verdict, tuple | None, str]:
+        """Exclude the open disjuncts of one box by branch and bound on ReLU splits (:mod:`.bab`)."""
+        from boundc.report import intersect_node_bounds
+
+        sb = self.m.spec_bounds()
+        if sb is None:
+            return Verdict.UNKNOWN, None, "no ReLU to branch on"
+        shape = (1, *self.m.input_shape)
+        xl, xu = lo.reshape(shape), hi.reshape(shape)
+        if self.m.precision is not Precision.FLOAT64:
+            xl, xu = _f32_outside(xl, xu)
+        dtype = self.m.precision.dtype
+        with torch.no_grad():
+            bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype), xu.to(dtype))
+        sb.set_root(bounds, xl, xu)
+        found: list[tuple] = []
+
+        def falsify(xs: Tensor) -> tuple | None:
+            lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
+            x = torch.minimum(torch.maximum(xs.reshape(xs.shape[0], -1).float(), lo32), hi32)
+            cex = self.check_points(x)
+            if cex is not None:
+                found.append(cex)
+            return cex
+
+        domains = 0
+        for k in torch.nonzero(open_).flatten().tolist():  # one tree per disjunct, as α,β-CROWN does
+            C, d = self.spec.disjuncts[k]
+            if self.m.precision is Precision.FLOAT32:
+                d = d + 1e-5 * (1 + d.abs())  # float32 bounds: keep a safety margin
+            sb.set_spec(C)
+            res = branch_and_bound(sb, d, [C.shape[0]], torch.ones(1, dtype=torch.bool), deadline=self.deadline,
+                                   opts=self.opts.bab_options, falsify=falsify)
+            domains += res.domains
+            if res.verdict is not Verdict.VERIFIED:
+                self.boxes += domains
+                return res.verdict, (found[0] if found else None), f"disjunct {k}: {res.detail}"
+        self.boxes += domains
+        return Verdict.VERIFIED, None, f"branch and bound ({domains} domains)"
+
     def open_disjuncts(self, lo: Tensor, hi: Tensor) -> Tensor:
         """(B, D) mask of disjuncts not excluded on each box."""
         if self.C_all.shape[0] == 0:
@@ -340,7 +393,7 @@ class _Search:
     def run(self) -> tuple[Verdict, tuple | None, str]:
         """``(verdict, counterexample, detail)`` for this box: bounds, splitting, then the MILP."""
         lo, hi = self.spec.lower[None], self.spec.upper[None]
-        can_split = lo.shape[1] <= self.opts.max_split_dim
+        can_split = int((hi > lo).sum()) <= self.opts.max_split_dim  # only the inputs that vary count
         queue_lo, queue_hi = lo, hi
         while queue_lo.shape[0]:
             if time.monotonic() > self.deadline:
@@ -358,9 +411,14 @@ class _Search:
             if found is not None:
                 return Verdict.FALSIFIED, found, "sub-box centre"
             if not can_split:
-                if self.opts.complete:
+                verdict, cex, detail = Verdict.UNKNOWN, None, "bounds too loose (input too large to split)"
+                if self.opts.bab:
+                    verdict, cex, detail = self.branch_and_bound(blo[0], bhi[0], open_[0])
+                    if verdict is Verdict.VERIFIED:
+                        continue
+                if verdict is Verdict.UNKNOWN and self.opts.complete and time.monotonic() < self.deadline:
                     return self.complete(blo[0], bhi[0], open_[0])
-                return Verdict.UNKNOWN, None, "bounds too loose (input too large to split)"
+                return verdict, cex, detail
             if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
                 return Verdict.UNKNOWN, None, f"more than {self.opts.max_boxes} open boxes"
             nlo, nhi = self.split(blo, bhi, open_)

@@ -1,0 +1,469 @@
+"""Branch and bound on ReLU splits with β-CROWN bounds (Wang et al. 2021).
+
+A *domain* is the input box together with a split of some ReLUs: neuron ``j`` of
+ReLU ``r`` is either free, split *active* (its input ``z >= 0``) or split
+*inactive* (``z <= 0``).  A domain is bounded by one backward pass from the
+specification rows (the generated walk of :func:`boundc.methods_linear.build_walk`)
+in which
+
+* the pre-activation bounds are the root's (CROWN ∩ IBP) clamped by the splits, so
+  a split ReLU is relaxed exactly (identity or zero);
+* every activation's free relaxation parameters α (ReLU lower slopes, tangent
+  points of smooth activations) are optimised, as in α-CROWN;
+* every split adds its constraint as a Lagrangian term ``β·σ·z`` (β >= 0,
+  :func:`~boundc.methods_linear.add_split_terms`), optimised jointly with α.
+
+Domains are bounded in batches (the batch is the walk's batch dimension, on
+whatever device the model is on); children start from their parent's α and β.
+The domain with the worst bound is split first, on the neuron of highest
+BaBSR-style score (the intercept the split removes, weighted by the bound's
+coefficient) or, with :attr:`Branching.FSB`, the best of the top candidates
+after a one-pass bound of both children (filtered smart branching).  Every
+bounded domain also proposes the input minimising its linear lower bound as a
+counterexample candidate.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from boundc.codegen import Emitter
+from boundc.errors import BoundcError
+from boundc.ir import Graph
+from boundc.methods_linear import build_walk, emit_start
+from boundc.passes.graph.planning import ancestors
+from boundc.passes.graph.spec import attach_spec
+from boundc.passes.rules.backward import Coeffs
+from boundc.passes.rules.interval import Interval
+from boundc.passes.rules.ops import OPS
+from boundc.verify.cascade import Verdict
+
+
+class Branching(str, enum.Enum):
+    """How the neuron to split is chosen."""
+
+    BABSR = "babsr"  # highest intercept score
+    FSB = "fsb"  # filtered smart branching: best of the top-k by a one-pass bound of both children
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """Knobs of :func:`branch_and_bound`.
+
+    Attributes:
+        batch: domains split (and so ``2 × batch`` children bounded) per round.
+        iterations: Adam steps on α and β per round.
+        root_iterations: Adam steps on α at the root (the α-CROWN bound).
+        lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
+        branching: :class:`Branching`.
+        fsb_candidates: candidates per domain that FSB bounds.
+        memory: bytes the queue of open domains may hold (their α, β and splits); beyond it: ``unknown``.
+        progress: a progress bar with open domains, the global lower bound and the elapsed time.
+    """
+
+    batch: int = 64
+    iterations: int = 8
+    root_iterations: int = 40
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    branching: Branching = Branching.BABSR
+    fsb_candidates: int = 4
+    memory: int = 2 << 30
+    progress: bool = False
+
+
+@dataclass
+class BabResult:
+    """Outcome of :func:`branch_and_bound`: ``verdict``, a candidate counterexample (flat input) when one
+    was confirmed, the number of domains bounded, the final global lower bound and why it stopped."""
+
+    verdict: Verdict
+    counterexample: object | None
+    domains: int
+    lower: float
+    detail: str
+
+
+def splittable(g: Graph) -> list[str]:
+    """The ReLU nodes of ``g`` branch and bound may split (perturbed ones on the path to the output)."""
+    return [n.name for n in g if n.op == "relu" and n.perturbed]
+
+
+class SpecBounds:
+    """β-CROWN bounds of ``C·f(x)`` on batches of sub-domains of one input box.
+
+    ``graph``: the analysed IR of the network (``BoundModule.graph``); ``dtype``: the bounds' dtype.
+    """
+
+    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64) -> None:
+        g = attach_spec(_cast(graph, dtype))
+        self.g, self.dtype = g, dtype
+        em = Emitter(g)
+        root, start, _ = emit_start(em)
+        self._start = em.finish(start, start)
+        on_path = set(ancestors(g, root))
+        self.relus = [r for r in splittable(g) if r in on_path]
+        if not self.relus:
+            raise BoundcError("branch and bound needs a ReLU on the path to the output; this network has none")
+        self.pre = {r: g[r].inputs[0] for r in self.relus}
+        self.shapes = {r: tuple(g[r].shape[1:]) for r in self.relus}
+        self.input = g.input.name
+        taps = tuple(self.relus) + (self.input,)
+        self.walk, self.names, self.bmap, amap = build_walk(g, root, "crown", with_alpha=True,
+                                                            splits=tuple(self.relus), taps=taps)
+        self.alphas = {k: v for k, v in amap.items() if k.startswith("alpha_")}
+        self.betas = {v: k for k, v in amap.items() if k.startswith("beta_")}
+        self.root_bounds: dict[str, Interval] = {}
+
+    # -- root ----------------------------------------------------------------------------
+    def set_root(self, bounds: dict[str, Interval], x_lower: Tensor, x_upper: Tensor) -> None:
+        """Fix the box (1, *input) and the root's intermediate bounds (by IR node)."""
+        missing = [n for n in self.bmap.values() if n not in bounds]
+        if missing:
+            raise BoundcError(f"internal: no root bounds for {missing}")
+        d = self.dtype
+        self.root_bounds = {n: Interval(bounds[n].lower.to(d), bounds[n].upper.to(d)) for n in self.bmap.values()}
+        self.x_lower, self.x_upper = x_lower.to(d), x_upper.to(d)
+
+    def set_spec(self, C: Tensor) -> None:
+        """Fix the rows ``C`` (S, K) to bound (after :meth:`set_root`)."""
+        with torch.no_grad():
+            start = self._start(self.x_lower, self.x_upper, C.to(self.dtype).unsqueeze(0))[0]
+        # lower bounds only: the upper pass runs on zero rows (no upper α either), so it costs nothing
+        self.start = Coeffs(start.lA, start.uA[:, :0], start.lb, start.ub[:, :0])
+        self.S = C.shape[0]
+
+    def alpha_init(self) -> dict[str, Tensor]:
+        """CROWN's α for one domain (the root), ``(k, 1, S, *shape)`` per α placeholder."""
+        out = {}
+        for name, node in self.alphas.items():
+            n = self.g[node]
+            spec = OPS[n.op].relaxation.alpha
+            b = self.root_bounds[n.inputs[0]]
+            a = spec.init(b.lower, b.upper, **n.attrs)
+            out[name] = a.unsqueeze(2).expand(a.shape[:2] + (self.S,) + a.shape[2:]).clone()
+        return out
+
+    def domain_bounds(self, splits: dict[str, Tensor]) -> dict[str, Interval]:
+        """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits."""
+        N = next(iter(splits.values())).shape[0]
+        out = {}
+        for node, b in self.root_bounds.items():
+            out[node] = Interval(b.lower.expand((N,) + b.lower.shape[1:]), b.upper.expand((N,) + b.upper.shape[1:]))
+        for r in self.relus:
+            p = self.pre[r]
+            s = splits[r].reshape((N,) + self.shapes[r])
+            b = out[p]
+            out[p] = Interval(torch.where(s > 0, b.lower.clamp(min=0), b.lower),
+                              torch.where(s < 0, b.upper.clamp(max=0), b.upper))
+        return out
+
+    def run(self, splits: dict[str, Tensor], alpha: dict[str, Tensor], beta: dict[str, Tensor],
+            bounds: dict[str, Interval] | None = None) -> tuple[Tensor, list[Tensor]]:
+        """One backward pass: lower bounds (N, S) and the tapped lower coefficients (per ReLU output, then
+        the input).  ``beta``: β >= 0 per split ReLU, (N, S, n); the sign comes from the splits."""
+        N = next(iter(splits.values())).shape[0]
+        bounds = self.domain_bounds(splits) if bounds is None else bounds
+        args: dict[str, object] = {
+            "start": Coeffs(*(t.expand((N,) + t.shape[1:]) for t in self.start)),
+            "x_lower": self.x_lower.expand((N,) + self.x_lower.shape[1:]),
+            "x_upper": self.x_upper.expand((N,) + self.x_upper.shape[1:]),
+        }
+        for ph, node in self.bmap.items():
+            args[ph] = bounds[node]
+        for ph, a in alpha.items():
+            args[ph] = (a, None)
+        for r in self.relus:
+            sign = -splits[r].to(self.dtype).unsqueeze(1)  # σ: -1 active, +1 inactive
+            args[self.betas[r]] = (beta[r] * sign).reshape((N, self.S) + self.shapes[r])
+        out = self.walk(*[args.get(n) for n in self.names])
+        return out[0], list(out[2:])
+
+    def unstable(self, bounds: dict[str, Interval], splits: dict[str, Tensor]) -> dict[str, Tensor]:
+        """(N, n) masks of the free neurons whose pre-activation interval contains 0 strictly."""
+        out = {}
+        for r in self.relus:
+            b = bounds[self.pre[r]]
+            lo, up = b.lower.flatten(1), b.upper.flatten(1)
+            out[r] = (lo < 0) & (up > 0) & (splits[r] == 0)
+        return out
+
+
+def _cast(g: Graph, dtype: torch.dtype) -> Graph:
+    h = g.copy()
+    h.tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v) for k, v in g.tensors.items()}
+    h.module = None
+    return h
+
+
+@dataclass
+class Domains:
+    """A batch of domains: splits (int8, per ReLU (N, n)), α, β, lower bounds (N, S) and per-disjunct
+    exclusion flags (N, D)."""
+
+    splits: dict[str, Tensor]
+    alpha: dict[str, Tensor]
+    beta: dict[str, Tensor]
+    lower: Tensor
+    excluded: Tensor
+
+    def __len__(self) -> int:
+        return self.lower.shape[0]
+
+    def take(self, idx: Tensor) -> Domains:
+        """The domains ``idx``."""
+        return Domains({k: v[idx] for k, v in self.splits.items()}, {k: v[:, idx] for k, v in self.alpha.items()},
+                       {k: v[idx] for k, v in self.beta.items()}, self.lower[idx], self.excluded[idx])
+
+    @staticmethod
+    def cat(parts: list[Domains]) -> Domains:
+        """Concatenate batches."""
+        a = parts[0]
+        return Domains({k: torch.cat([p.splits[k] for p in parts]) for k in a.splits},
+                       {k: torch.cat([p.alpha[k] for p in parts], 1) for k in a.alpha},
+                       {k: torch.cat([p.beta[k] for p in parts]) for k in a.beta},
+                       torch.cat([p.lower for p in parts]), torch.cat([p.excluded for p in parts]))
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        ts = [*self.splits.values(), *self.alpha.values(), *self.beta.values(), self.lower, self.excluded]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+class _Problem:
+    """The specification's rows grouped into disjuncts: a domain is safe when every open disjunct has a row
+    whose lower bound exceeds its threshold."""
+
+    def __init__(self, d: Tensor, rows: list[int], open_: Tensor) -> None:
+        self.d = d
+        self.group = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows))
+        self.D = len(rows)
+        self.open = open_  # (D,) disjuncts to exclude
+
+    def margins(self, lower: Tensor) -> Tensor:
+        """(N, D): per disjunct, the best row margin ``max_rows (lower - d)`` (-inf for empty disjuncts)."""
+        m = lower - self.d.to(lower.dtype)
+        out = torch.full((m.shape[0], self.D), float("-inf"), dtype=m.dtype, device=m.device)
+        return out.scatter_reduce(1, self.group.expand_as(m), m, "amax")
+
+    def value(self, lower: Tensor, excluded: Tensor) -> Tensor:
+        """(N,): the worst margin over the disjuncts still open on each domain (+inf when none is)."""
+        m = self.margins(lower)
+        live = self.open.unsqueeze(0) & ~excluded
+        return torch.where(live, m, torch.full_like(m, float("inf"))).amin(1)
+
+    def row_weights(self, excluded: Tensor) -> Tensor:
+        """(N, S): 1 on the rows of disjuncts still open."""
+        live = self.open.unsqueeze(0) & ~excluded
+        return live[:, self.group].to(torch.get_default_dtype())
+
+
+def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, deadline: float
+             ) -> tuple[Domains, list[Tensor], dict[str, Interval]]:
+    """Optimise α and β of a batch with Adam, keeping per row the best bound seen (never worse than the
+    bound at the starting parameters).  Returns the improved domains, the taps and the domain bounds."""
+    bounds = sb.domain_bounds(dom.splits)
+    alpha = {k: v.clone().requires_grad_(True) for k, v in dom.alpha.items()}
+    beta = {k: v.clone().requires_grad_(True) for k, v in dom.beta.items()}
+    groups = []
+    for k, v in alpha.items():
+        spec = OPS[sb.g[sb.alphas[k]].op].relaxation.alpha
+        groups.append({"params": [v], "lr": opts.lr_alpha * spec.lr_scale})
+    groups.append({"params": list(beta.values()), "lr": opts.lr_beta})
+    opt = torch.optim.Adam(groups)
+    best = dom.lower.clone()
+    best_a = {k: v.detach().clone() for k, v in dom.alpha.items()}
+    best_b = {k: v.detach().clone() for k, v in dom.beta.items()}
+    taps: list[Tensor] = []
+    with torch.enable_grad():
+        for it in range(iterations + 1):
+            lower, taps = sb.run(dom.splits, alpha, beta, bounds)
+            low = lower.detach()
+            better = low > best
+            if it == 0:
+                better = torch.ones_like(better)
+                best = low.clone()
+            else:
+                best = torch.maximum(best, low)
+            for k, v in alpha.items():
+                m = better.reshape((1,) + better.shape + (1,) * (v.dim() - 3))
+                best_a[k] = torch.where(m, v.detach(), best_a[k])
+            for k, v in beta.items():
+                best_b[k] = torch.where(better.unsqueeze(-1), v.detach(), best_b[k])
+            if it == iterations or time.monotonic() > deadline:
+                break
+            opt.zero_grad()
+            (-lower.sum()).backward()
+            opt.step()
+            with torch.no_grad():
+                for k, v in alpha.items():
+                    n = sb.g[sb.alphas[k]]
+                    spec = OPS[n.op].relaxation.alpha
+                    if spec.project is not None:
+                        b = bounds[n.inputs[0]]
+                        v.copy_(spec.project(v, b.lower.unsqueeze(1), b.upper.unsqueeze(1), **n.attrs))
+                for v in beta.values():
+                    v.clamp_(min=0)
+    taps = [t.detach() for t in taps]
+    return Domains(dom.splits, best_a, best_b, best, dom.excluded), taps, bounds
+
+
+def _scores(sb: SpecBounds, taps: list[Tensor], bounds: dict[str, Interval], splits: dict[str, Tensor],
+            weights: Tensor) -> Tensor:
+    """(N, total free neurons) BaBSR-style scores: per unstable neuron, the intercept of its upper line
+    times the weight the bound puts on it (``-λ``, where the bound uses the upper line), plus a small
+    term for the lower line; ``-inf`` where a neuron cannot be split."""
+    mask = sb.unstable(bounds, splits)
+    out = []
+    for r, lam in zip(sb.relus, taps):
+        b = bounds[sb.pre[r]]
+        lo, up = b.lower.flatten(1), b.upper.flatten(1)
+        lam = (lam.flatten(2) * weights.unsqueeze(-1).to(lam.dtype))  # (N, S, n)
+        den = torch.where(mask[r], up - lo, torch.ones_like(up))
+        intercept = -lo * up / den  # >= 0 on unstable neurons
+        s = (lam.clamp(max=0).neg() * intercept.unsqueeze(1)).sum(1)
+        s = s + 1e-3 * (lam.abs() * (up - lo).unsqueeze(1)).sum(1)
+        out.append(torch.where(mask[r], s, torch.full_like(s, float("-inf"))))
+    return torch.cat(out, 1)
+
+
+def _children(sb: SpecBounds, dom: Domains, choice: Tensor) -> Domains:
+    """Two children per domain, split on the flat neuron index ``choice`` (N,): active first, then inactive."""
+    N = len(dom)
+    sizes = [math.prod(sb.shapes[r]) for r in sb.relus]
+    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    splits = {}
+    for k, r in enumerate(sb.relus):
+        s = dom.splits[r].repeat(2, 1)
+        local = choice - offsets[k]
+        hit = (local >= 0) & (local < sizes[k])
+        rows = torch.nonzero(hit).flatten()
+        if rows.numel():
+            cols = local[rows]
+            s[rows, cols] = 1
+            s[rows + N, cols] = -1
+        splits[r] = s
+    return Domains(splits, {k: v.repeat(1, 2, *([1] * (v.dim() - 2))) for k, v in dom.alpha.items()},
+                   {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in dom.beta.items()},
+                   dom.lower.repeat(2, 1), dom.excluded.repeat(2, 1))
+
+
+def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, Interval], problem: _Problem,
+            opts: BabOptions) -> Tensor:
+    """The flat neuron to split per domain (BaBSR, or FSB over the top candidates)."""
+    score = _scores(sb, taps, bounds, dom.splits, problem.row_weights(dom.excluded))
+    if opts.branching is Branching.BABSR or score.shape[1] <= 1:
+        return score.argmax(1)
+    k = min(opts.fsb_candidates, score.shape[1])
+    cand = score.topk(k, dim=1).indices  # (N, k)
+    N = len(dom)
+    flat = cand.T.reshape(-1)  # candidate-major
+    rep = dom.take(torch.arange(N).repeat(k))
+    kids = _children(sb, rep, flat)
+    with torch.no_grad():
+        lower, _ = sb.run(kids.splits, kids.alpha, kids.beta)
+    v = problem.value(lower, kids.excluded)
+    v = torch.minimum(v[:N * k], v[N * k:]).reshape(k, N)
+    v = torch.where(torch.isfinite(score.gather(1, cand).T), v, torch.full_like(v, float("-inf")))
+    return cand.gather(1, v.argmax(0).unsqueeze(1)).squeeze(1)
+
+
+def _vertices(sb: SpecBounds, taps: list[Tensor], value_rows: Tensor) -> Tensor:
+    """Per domain, the input corner minimising the linear lower bound of row ``value_rows`` (N,)."""
+    A = taps[-1]  # (N, S, *input)
+    N = A.shape[0]
+    a = A[torch.arange(N), value_rows]
+    xl = sb.x_lower.expand_as(a)
+    xu = sb.x_upper.expand_as(a)
+    return torch.where(a >= 0, xl, xu)
+
+
+def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, *, deadline: float,
+                     opts: BabOptions, falsify: Callable[[Tensor], object | None]) -> BabResult:
+    """Exclude the open disjuncts (rows ``C·y > d`` grouped by ``rows``) on the box of ``sb`` by branch and
+    bound.  ``falsify(xs)`` checks candidate inputs (N, *input) and returns a confirmed counterexample or
+    ``None``.  Call :meth:`SpecBounds.set_root` and :meth:`SpecBounds.set_spec` first."""
+    problem = _Problem(d, rows, open_)
+    one = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
+    root = Domains(one, sb.alpha_init(), {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype)
+                                          for r in sb.relus},
+                   torch.full((1, sb.S), float("-inf"), dtype=sb.dtype), ~open_.unsqueeze(0))
+    root, taps, bounds = optimise(sb, root, opts.root_iterations, opts, deadline)
+    t0 = time.monotonic()
+    count = 1
+
+    def settle(dom: Domains, taps: list[Tensor]) -> tuple[Domains, object | None]:
+        """Mark excluded disjuncts, drop safe domains, try the open ones' minimising corners."""
+        m = problem.margins(dom.lower)
+        dom.excluded = dom.excluded | (m > 0)
+        keep = ~(dom.excluded | ~problem.open.unsqueeze(0)).all(1)
+        # counterexample candidates: the corner minimising the worst open row
+        weights = problem.row_weights(dom.excluded)
+        margin = torch.where(weights > 0, dom.lower - problem.d.to(dom.lower.dtype),
+                             torch.full_like(dom.lower, float("inf")))
+        idx = torch.nonzero(keep).flatten()
+        cex = None
+        if idx.numel():
+            xs = _vertices(sb, [t[idx] for t in taps], margin[idx].argmin(1))
+            cex = falsify(xs)
+        return dom.take(idx), cex
+
+    queue, cex = settle(root, taps)
+    if cex is not None:
+        return BabResult(Verdict.FALSIFIED, cex, count, float("-inf"), "counterexample at a root vertex")
+    bar = tqdm(desc="branch and bound", unit="dom", disable=None if opts.progress else True, leave=False)
+    try:
+        while len(queue):
+            if time.monotonic() > deadline:
+                return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
+                                 f"timeout with {len(queue)} open domains")
+            if queue.nbytes() * 2 > opts.memory:
+                return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
+                                 f"{len(queue)} open domains exceed the memory budget")
+            v = problem.value(queue.lower, queue.excluded)
+            order = v.argsort()
+            pick, rest = order[:opts.batch], order[opts.batch:]
+            batch = queue.take(pick)
+            bbounds = sb.domain_bounds(batch.splits)
+            with torch.no_grad():  # the coefficients for branching (not kept in the queue: memory)
+                _, btaps = sb.run(batch.splits, batch.alpha, batch.beta, bbounds)
+            unstable = sb.unstable(bbounds, batch.splits)
+            stuck = ~torch.stack([m.any(1) for m in unstable.values()], 1).any(1)
+            if bool(stuck.any()):
+                return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
+                                 "a domain with every ReLU split or stable is still open")
+            choice = _choose(sb, batch, btaps, bbounds, problem, opts)
+            kids = _children(sb, batch, choice)
+            kids, ktaps, _ = optimise(sb, kids, opts.iterations, opts, deadline)
+            count += len(kids)
+            kids, cex = settle(kids, ktaps)
+            if cex is not None:
+                return BabResult(Verdict.FALSIFIED, cex, count, float("-inf"), "counterexample at a domain vertex")
+            queue = Domains.cat([queue.take(rest), kids])
+            bar.update(len(kids))
+            bar.set_postfix(open=len(queue), lower=f"{_global(problem, queue):.4g}",
+                            elapsed=f"{time.monotonic() - t0:.0f}s")
+    finally:
+        bar.close()
+    return BabResult(Verdict.VERIFIED, None, count, 0.0, f"branch and bound ({count} domains)")
+
+
+def _global(problem: _Problem, queue: Domains) -> float:
+    """The global lower bound: the worst open domain's value."""
+    if not len(queue):
+        return float("inf")
+    return float(problem.value(queue.lower, queue.excluded).min())
+
+
+__all__ = ["BabOptions", "BabResult", "Branching", "SpecBounds", "branch_and_bound", "splittable"]
