@@ -190,10 +190,12 @@ class Lowerer:
         for t in graph.initializer:
             self.env[t.name] = _to_torch(numpy_helper.to_array(t))
         inputs = [i for i in graph.input if i.name not in inits]
-        if len(inputs) != 1:
-            raise BoundcError(f"boundc supports ONNX models with one input, this one has {len(inputs)}: "
-                              f"{[i.name for i in inputs]}")
-        self._input(inputs[0])
+        if not inputs:
+            raise BoundcError("the ONNX model has no input")
+        if len(inputs) == 1:
+            self._input(inputs[0])
+        else:
+            self._inputs(inputs)
         for k, node in enumerate(graph.node):
             if not node.name:
                 node.name = f"{node.op_type}_{k}"
@@ -206,9 +208,51 @@ class Lowerer:
             v = self.env.get(o.name)
             if not isinstance(v, Value):
                 raise BoundcError(f"ONNX output '{o.name}' does not depend on the input")
-            outs.append(v.name)
-        self.g.outputs = outs
+            outs.append(v)
+        self.g.outputs = [outs[0].name] if len(outs) == 1 else [self._concat_outputs(outs)]
         return self.g
+
+    def _inputs(self, vis: list) -> None:
+        """Several ONNX inputs: one flat IR input ``x`` (B, N), sliced and reshaped into each of them in order
+        (VNN-LIB numbers ``X_i`` over all inputs concatenated)."""
+        shapes, offsets = [], set()
+        for vi in vis:
+            shape = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            if not shape:
+                raise BoundcError(f"ONNX input '{vi.name}' is a scalar; boundc needs tensor inputs")
+            batched = len(shape) >= 2 and shape[0] in (None, 1)
+            per = shape[1:] if batched else shape
+            if any(d is None or d <= 0 for d in per):
+                raise BoundcError(f"ONNX input '{vi.name}' has symbolic non-batch dimensions {shape}")
+            offsets.add(0 if batched else 1)
+            shapes.append((shape, per))
+        if len(offsets) != 1:
+            raise BoundcError("ONNX inputs mix batched (leading dimension 1 or symbolic) and unbatched tensors: "
+                              f"{[s for s, _ in shapes]}")
+        self.offset = offsets.pop()
+        total = sum(math.prod(per) for _, per in shapes)
+        names = ", ".join(f"'{vi.name}'" for vi in vis)
+        x = Node("x", "input", shape=(TRACE_BATCH, total), batched=True,
+                 source=f"ONNX inputs {names} (flattened, concatenated)")
+        self.g.add(x)
+        self.example["x"] = torch.rand(TRACE_BATCH, total, generator=torch.Generator().manual_seed(0))
+        start = 0
+        for vi, (shape, per) in zip(vis, shapes):
+            self.node = onnx.helper.make_node("Identity", [], [], name=f"input_{vi.name}")
+            n = math.prod(per)
+            part = self.emit("gather", ("x",), rank=2, dim=1, index=tuple(range(start, start + n)))
+            start += n
+            self.env[vi.name] = self.emit("reshape", (part.name,), rank=len(shape), shape=(-1, *per))
+
+    def _concat_outputs(self, outs: list[Value]) -> str:
+        """Several ONNX outputs: one IR output, the concatenation of the flattened outputs in order."""
+        self.node = onnx.helper.make_node("Concat", [], [], name="outputs")
+        flat = []
+        for v in outs:
+            n = self.example[v.name][0].numel()
+            flat.append(v.name if self.example[v.name].dim() == 2 else
+                        self.emit("reshape", (v.name,), rank=2, shape=(-1, n)).name)
+        return self.emit("concat", tuple(flat), rank=2, dim=1).name
 
     def _input(self, vi: Any) -> None:
         dims = vi.type.tensor_type.shape.dim
@@ -235,18 +279,19 @@ class Lowerer:
             self.problems.append(f"{node.domain}.{node.op_type} at ONNX node '{node.name}'")
             self._poison(node)
             return
-        if any(i is None and n for i, n in zip(ins, node.input)):
-            self._poison(node)  # depends on a node already reported
-            return
+        poisoned = any(i is None and n for i, n in zip(ins, node.input))
         fn = _LOWERINGS.get(node.op_type)
+        if fn is None and (poisoned or any(isinstance(v, Value) for v in ins)):
+            # no lowering: reported even downstream of another unsupported node, so one error lists every op
+            self.problems.append(f"{node.op_type} at ONNX node '{node.name}'")
+            self._poison(node)
+            return
+        if poisoned:
+            self._poison(node)  # depends on a node already reported; its own lowering cannot run
+            return
         try:
             if fn is None:
-                if all(not isinstance(v, Value) for v in ins):
-                    outs = _fold_reference(node, ins, self.opset)
-                else:
-                    self.problems.append(f"{node.op_type} at ONNX node '{node.name}'")
-                    self._poison(node)
-                    return
+                outs = _fold_reference(node, ins, self.opset)
             else:
                 outs = fn(self, node)
         except Unsupported as why:

@@ -156,13 +156,9 @@ def _concat(lw: Lowerer, node) -> list:
         return [torch.cat(xs, axis)]
     rank = next(x.rank for x in xs if isinstance(x, Value))
     dim = lw.ir_axis(axis, rank)
-    names = []
-    for x in xs:
-        if isinstance(x, Value):
-            names.append(x.name)
-        else:  # a constant block: give it the batch dimension by broadcasting in the graph
-            raise Unsupported("concatenating an input-dependent value with a constant")
-    return [lw.emit("concat", tuple(names), rank=rank, dim=dim)]
+    if any(not isinstance(x, Value) for x in xs):  # constant blocks: zero-padded batched pieces plus a constant
+        return [_concat_with_constants(lw, xs, axis, rank, dim)]
+    return [lw.emit("concat", tuple(x.name for x in xs), rank=rank, dim=dim)]
 
 
 # -- arithmetic -------------------------------------------------------------------------
@@ -487,3 +483,412 @@ def _batch_norm(lw: Lowerer, node) -> list:
            ((1, "scale"), (2, "bias"), (3, "mean"), (4, "var"))]
     return [lw.emit("batch_norm", (x.name, *ins), rank=x.rank, training=False,
                     eps=float(lw.attr("epsilon", 1e-5)))]
+
+
+# -- VNN-COMP coverage: slicing, reductions, elementwise functions, resizing ----------------------
+
+def _range_of(start: int, end: int, step: int, n: int) -> list[int]:
+    """ONNX Slice's clamped index range along an axis of size ``n`` (Python slice semantics)."""
+    return list(range(*slice(start, end, step).indices(n)))
+
+
+def _select(lw: Lowerer, x: Value, axis: int, index: list[int]) -> Value:
+    """Entries ``index`` of the batched ``x`` along ONNX ``axis`` (a gather node; nothing for the identity)."""
+    rank = x.rank
+    a = axis % rank if -rank <= axis < rank else axis
+    n = lw.shape(x)[a] if 0 <= a < rank else 0
+    if not lw.offset and a == 0:
+        if index == list(range(n)):
+            return x
+        raise Unsupported("selecting along the batch dimension")
+    dim = lw.ir_axis(axis, rank)
+    if index == list(range(n)):
+        return x
+    if not index:
+        raise Unsupported("an empty slice")
+    return lw.emit("gather", (x.name,), rank=rank, dim=dim, index=tuple(int(i) for i in index))
+
+
+@lowering("Slice")
+def _slice(lw: Lowerer, node) -> list:
+    """Slices with constant starts / ends / axes / steps (inputs from opset 10, attributes before)."""
+    x = lw.inp(0)
+    if lw.opset < 10:
+        starts, ends = list(lw.attr("starts")), list(lw.attr("ends"))
+        axes, steps = lw.attr("axes"), None
+    else:
+        starts = [int(v) for v in lw.const(1, "starts").tolist()]
+        ends = [int(v) for v in lw.const(2, "ends").tolist()]
+        a, st = lw.const(3, "axes"), lw.const(4, "steps")
+        axes = None if a is None else [int(v) for v in a.tolist()]
+        steps = None if st is None else [int(v) for v in st.tolist()]
+    rank = x.rank if isinstance(x, Value) else x.dim()
+    axes = list(range(len(starts))) if axes is None else [int(a) for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    if not isinstance(x, Value):
+        out = x
+        for a, s, e, t in zip(axes, starts, ends, steps):
+            a = a % rank
+            rng = _range_of(int(s), int(e), int(t), out.shape[a])
+            out = out.index_select(a, torch.tensor(rng, dtype=torch.long))
+        return [out]
+    for a, s, e, t in zip(axes, starts, ends, steps):
+        if t == 0:
+            raise Unsupported("a slice step of 0")
+        n = lw.shape(x)[a % rank]
+        x = _select(lw, x, a, _range_of(int(s), int(e), int(t), n))
+    return [x]
+
+
+@lowering("Split")
+def _split(lw: Lowerer, node) -> list:
+    """Split along an axis into constant parts (``split`` attribute / input, or equal parts)."""
+    x = lw.inp(0)
+    axis = int(lw.attr("axis", 0))
+    if lw.opset >= 13:
+        sp = lw.const(1, "split") if len(node.input) > 1 else None
+        sizes = None if sp is None else [int(v) for v in sp.tolist()]
+    else:
+        sizes = lw.attr("split")
+        sizes = None if sizes is None else [int(v) for v in sizes]
+    rank = x.rank if isinstance(x, Value) else x.dim()
+    n = (lw.shape(x) if isinstance(x, Value) else list(x.shape))[axis % rank]
+    if sizes is None:
+        k = int(lw.attr("num_outputs", len(node.output)))
+        chunk = -(-n // k)
+        sizes = [min(chunk, n - i * chunk) for i in range(k)]
+    if not isinstance(x, Value):
+        return list(torch.split(x, sizes, axis % rank))
+    outs, start = [], 0
+    for size in sizes:
+        outs.append(_select(lw, x, axis, list(range(start, start + size))))
+        start += size
+    return outs
+
+
+@lowering("Gather")
+def _gather(lw: Lowerer, node) -> list:
+    """Entries at constant indices along ``axis`` (the indices' shape replaces that axis)."""
+    x = lw.inp(0)
+    indices = lw.const(1, "indices").to(torch.long)
+    axis = int(lw.attr("axis", 0))
+    if not isinstance(x, Value):
+        a = axis % x.dim()
+        idx = torch.where(indices < 0, indices + x.shape[a], indices)
+        out = x.index_select(a, idx.reshape(-1))
+        return [out.reshape(tuple(x.shape[:a]) + tuple(idx.shape) + tuple(x.shape[a + 1:]))]
+    rank = x.rank
+    a = axis % rank
+    s = lw.shape(x)
+    idx = torch.where(indices < 0, indices + s[a], indices)
+    if bool(((idx < 0) | (idx >= s[a])).any()):
+        raise Unsupported(f"indices out of range for an axis of size {s[a]}")
+    out = _select(lw, x, axis, [int(i) for i in idx.reshape(-1).tolist()])
+    if idx.dim() == 1:
+        return [out]
+    new = s[:a] + list(idx.shape) + s[a + 1:]
+    return [lw.reshape(out, new)]
+
+
+def _reduce(lw: Lowerer, node, mean: bool) -> list:
+    x = lw.inp(0)
+    from_input = (node.op_type == "ReduceSum" and lw.opset >= 13) or lw.opset >= 18
+    axes = _axes_input(lw) if from_input else lw.attr("axes")
+    keep = bool(lw.attr("keepdims", 1))
+    rank = x.rank if isinstance(x, Value) else x.dim()
+    if axes is None or len(axes) == 0:
+        if from_input and lw.attr("noop_with_empty_axes", 0):
+            return [x]
+        axes = list(range(rank))
+    axes = sorted({int(a) % rank for a in axes})
+    if not isinstance(x, Value):
+        out = x.sum(axes, keepdim=keep) if axes else x
+        return [out / math.prod(x.shape[a] for a in axes) if mean else out]
+    s = lw.shape(x)
+    if not lw.offset and 0 in axes:  # the batch (1 in the ONNX view): reducing over it changes nothing
+        if not keep:
+            raise Unsupported("a reduction over the batch dimension that removes it")
+        axes = [a for a in axes if a]
+    if not axes:
+        return [x]
+    dims = tuple(lw.ir_axis(a, rank) for a in axes)
+    n = math.prod(s[a] for a in axes)
+    out_rank = rank if keep else rank - len(axes)
+    if not keep and lw.example[x.name].dim() - len(dims) < 2:
+        raise Unsupported("a reduction to a single number per example (keepdims=0 over every axis)")
+    return [lw.emit("reduce_sum", (x.name,), rank=out_rank, dims=dims, keepdim=keep,
+                    scale=1.0 / n if mean else 1.0)]
+
+
+def _axes_input(lw: Lowerer) -> list[int] | None:
+    a = lw.const(1, "axes")
+    return None if a is None else [int(v) for v in a.tolist()]
+
+
+@lowering("ReduceSum")
+def _reduce_sum(lw: Lowerer, node) -> list:
+    """Sum over constant axes (keepdims)."""
+    return _reduce(lw, node, mean=False)
+
+
+@lowering("ReduceMean")
+def _reduce_mean(lw: Lowerer, node) -> list:
+    """Mean over constant axes (keepdims)."""
+    return _reduce(lw, node, mean=True)
+
+
+def _power(lw: Lowerer, x, e: float) -> Value | torch.Tensor:
+    if not isinstance(x, Value):
+        return torch.sqrt(x) if e == 0.5 else x ** e
+    if e == 1.0:
+        return x
+    if e == 0.5 or (float(e).is_integer() and e >= 2):
+        return lw.emit("power", (x.name,), rank=x.rank, exponent=e if e == 0.5 else int(e))
+    raise Unsupported(f"exponent {e} (supported: integers >= 1 and 0.5 for non-negative inputs)")
+
+
+@lowering("Pow")
+def _pow(lw: Lowerer, node) -> list:
+    """``x ** e`` for a constant scalar exponent: integers >= 1, or 0.5 (inputs must be non-negative)."""
+    x = lw.inp(0)
+    e = lw.const(1, "exponent")
+    if not isinstance(x, Value):
+        return [torch.pow(x, e)]
+    if e.numel() != 1:
+        raise Unsupported("a non-scalar exponent")
+    return [_power(lw, x, float(e.reshape(()).item()))]
+
+
+@lowering("Sqrt")
+def _sqrt(lw: Lowerer, node) -> list:
+    """Square root (of a non-negative value)."""
+    return [_power(lw, lw.inp(0), 0.5)]
+
+
+lowering("Exp")(_unary("exp", torch.exp))
+lowering("Sign")(_unary("sign", torch.sign))
+lowering("Floor")(_unary("floor", torch.floor))
+lowering("Ceil")(_unary("ceil", torch.ceil))
+lowering("Sin")(_unary("sin", torch.sin))
+lowering("Cos")(_unary("cos", torch.cos))
+
+
+@lowering("Where")
+def _where(lw: Lowerer, node) -> list:
+    """Elementwise selection with a constant condition: ``x * c + y * (1 - c)`` (affine)."""
+    cond = lw.const(0, "condition").to(torch.bool)
+    x, y = lw.inp(1), lw.inp(2)
+    if not isinstance(x, Value) and not isinstance(y, Value):
+        return [torch.where(cond, x, y)]
+    dtype = torch.get_default_dtype()
+    c = cond.to(dtype)
+    rank = max([v.rank if isinstance(v, Value) else v.dim() for v in (x, y)] + [cond.dim()])
+    for v, other in ((x, y), (y, x)):
+        if isinstance(v, Value):
+            _broadcast_ok(lw, v, c)
+            if not isinstance(other, Value):
+                _broadcast_ok(lw, v, other)
+    if isinstance(x, Value) and isinstance(y, Value):
+        a = lw.emit("scale_shift", (x.name, lw.param(c, "cond"), None), rank=rank)
+        b = lw.emit("scale_shift", (y.name, lw.param(1.0 - c, "not_cond"), None), rank=rank)
+        return [lw.emit("add", (a.name, b.name), rank=rank)]
+    if isinstance(x, Value):
+        shift = torch.where(cond, torch.zeros((), dtype=dtype), y.to(dtype))
+        return [lw.emit("scale_shift", (x.name, lw.param(c, "cond"), lw.param(shift, "other")), rank=rank)]
+    shift = torch.where(cond, x.to(dtype), torch.zeros((), dtype=dtype))
+    return [lw.emit("scale_shift", (y.name, lw.param(1.0 - c, "not_cond"), lw.param(shift, "other")), rank=rank)]
+
+
+def _pad_along(lw: Lowerer, x: Value, dim: int, before: int, after: int) -> Value:
+    """Zero-pad the batched ``x`` along IR dimension ``dim``."""
+    nd = lw.example[x.name].dim()
+    pad = [0] * (2 * (nd - dim))
+    k = nd - 1 - dim
+    pad[2 * k], pad[2 * k + 1] = before, after
+    return lw.emit("pad", (x.name,), rank=x.rank, pad=tuple(pad), mode="constant", value=0.0)
+
+
+def _concat_with_constants(lw: Lowerer, xs: list, axis: int, rank: int, dim: int) -> Value:
+    """``concat`` of batched values and constants: every batched piece zero-padded to the full length, summed,
+    plus one constant holding the constant pieces (zeros where the batched pieces go)."""
+    sizes = [lw.shape(x)[axis % rank] if isinstance(x, Value) else x.shape[axis % rank] for x in xs]
+    total = sum(sizes)
+    ref = lw.shape(next(x for x in xs if isinstance(x, Value)))
+    full_shape = list(ref)
+    full_shape[axis % rank] = total
+    if lw.offset == 0:
+        full_shape[0] = 1
+    const = torch.zeros(full_shape, dtype=torch.get_default_dtype())
+    acc, start = None, 0
+    for x, n in zip(xs, sizes):
+        if isinstance(x, Value):
+            part = _pad_along(lw, x, dim, start, total - start - n)
+            acc = part if acc is None else lw.emit("add", (acc.name, part.name), rank=rank)
+        else:
+            c = x.to(const.dtype)
+            if c.dim() != rank:
+                raise Unsupported(f"a constant of rank {c.dim()} in a rank-{rank} concat")
+            const.narrow(axis % rank, start, n).copy_(c.expand(const.narrow(axis % rank, start, n).shape))
+        start += n
+    return lw.emit("add", (acc.name, lw.param(const, "concat_const")), rank=rank)
+
+
+@lowering("Resize", "Upsample")
+def _resize(lw: Lowerer, node) -> list:
+    """Resize / Upsample with constant scales or sizes: per resized axis a constant interpolation matrix
+    (nearest, linear or cubic; computed with ONNX's reference implementation), applied as a linear map."""
+    x = lw.inp(0)
+    if not isinstance(x, Value):
+        from boundc.frontends.onnx_lowering import _fold_reference
+
+        return _fold_reference(node, [lw.inp(k) for k in range(len(node.input))], lw.opset)
+    s = lw.shape(x)
+    rank = x.rank
+    scales = sizes = None
+    if node.op_type == "Upsample":
+        scales = lw.attr("scales") if lw.opset < 9 else lw.const(1, "scales")
+    elif lw.opset < 11:
+        scales = lw.const(1, "scales")
+    else:
+        scales = lw.const(2, "scales") if len(node.input) > 2 else None
+        sizes = lw.const(3, "sizes") if len(node.input) > 3 else None
+        if lw.attr("coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+            raise Unsupported("coordinate_transformation_mode='tf_crop_and_resize'")
+        if lw.attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise Unsupported("keep_aspect_ratio_policy other than 'stretch'")
+    if scales is not None and len(scales) == 0:
+        scales = None
+    axes = lw.attr("axes")
+    axes = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    per_axis: dict[int, tuple[str, float | int]] = {}
+    if sizes is not None and len(sizes):
+        for a, m in zip(axes, [int(v) for v in sizes.tolist()]):
+            if m != s[a]:
+                per_axis[a] = ("sizes", m)
+    elif scales is not None:
+        for a, f in zip(axes, [float(v) for v in (scales.tolist() if isinstance(scales, torch.Tensor) else scales)]):
+            if f != 1.0:
+                per_axis[a] = ("scales", f)
+    else:
+        raise Unsupported("neither scales nor sizes given")
+    for a, (kind, val) in sorted(per_axis.items()):
+        if not lw.offset and a == 0:
+            raise Unsupported("resizing the batch dimension")
+        M = _resize_matrix(lw, node, s[a], kind, val)
+        x = _axis_linear(lw, x, a, M)
+        s = lw.shape(x)
+    return [x]
+
+
+def _resize_matrix(lw: Lowerer, node, n: int, kind: str, val: float | int) -> torch.Tensor:
+    """The (out, n) matrix of one resized axis: ONNX's reference Resize of the identity along that axis."""
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    h = onnx.helper
+    keep = {"mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
+            "extrapolation_value"}
+    if node.op_type == "Upsample":  # Upsample == Resize (opset 10): asymmetric coordinates, floor for nearest
+        mode = lw.attr("mode", "nearest")
+        attrs = dict(mode=mode, coordinate_transformation_mode="asymmetric")
+        if mode == "nearest":
+            attrs["nearest_mode"] = "floor"
+    else:
+        attrs = {a.name: h.get_attribute_value(a) for a in node.attribute if a.name in keep}
+        if lw.opset < 11:
+            attrs.setdefault("coordinate_transformation_mode", "asymmetric")
+            if attrs.get("mode", b"nearest") in ("nearest", b"nearest"):
+                attrs.setdefault("nearest_mode", "floor")
+    X = h.make_tensor_value_info("X", onnx.TensorProto.FLOAT, None)
+    Y = h.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)
+    arr = np.array([1.0, val], np.float32) if kind == "scales" else np.array([n, int(val)], np.int64)
+    init = onnx.numpy_helper.from_array(arr, "P")
+    inputs = ["X", "", "P"] if kind == "scales" else ["X", "", "", "P"]
+    res = h.make_node("Resize", inputs, ["Y"], **attrs)
+    model = h.make_model(h.make_graph([res], "axis", [X], [Y], [init]), opset_imports=[h.make_opsetid("", 19)])
+    try:
+        out = ReferenceEvaluator(model).run(None, {"X": np.eye(n, dtype=np.float32)})[0]
+    except Exception as err:  # noqa: BLE001 - the reference names what it cannot do
+        raise Unsupported(f"resize attributes {attrs} ({type(err).__name__}: {err})") from err
+    return torch.from_numpy(np.array(out, dtype=np.float64).T.copy()).to(torch.get_default_dtype())
+
+
+def _axis_linear(lw: Lowerer, x: Value, axis: int, M: torch.Tensor) -> Value:
+    """``M`` (out, n) applied along ONNX ``axis`` of the batched ``x``: a linear node on the last dimension,
+    with permutes around it when ``axis`` is not last."""
+    dim = lw.ir_axis(axis, x.rank)
+    last = lw.example[x.name].dim() - 1
+    w = lw.param(M.contiguous(), "interp")
+    if dim == last:
+        return lw.emit("linear", (x.name, w, None), rank=x.rank)
+    dims = list(range(last + 1))
+    dims[dim], dims[last] = dims[last], dims[dim]
+    t = lw.emit("permute", (x.name,), rank=x.rank, dims=tuple(dims))
+    y = lw.emit("linear", (t.name, w, None), rank=x.rank)
+    return lw.emit("permute", (y.name,), rank=x.rank, dims=tuple(dims))
+
+
+@lowering("ConvTranspose")
+def _conv_transpose(lw: Lowerer, node) -> list:
+    """Transposed convolution with a constant kernel (symmetric pads; no output_shape)."""
+    x = lw.batched(0)
+    w, b = lw.const(1, "weight"), lw.const(2, "bias")
+    nd = w.dim() - 2
+    if lw.attr("output_shape") is not None:
+        raise Unsupported("the output_shape attribute")
+    if lw.attr("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID"):
+        raise Unsupported(f"auto_pad={lw.attr('auto_pad')!r}")
+    pads = [int(p) for p in (lw.attr("pads") or [0] * (2 * nd))]
+    if pads[:nd] != pads[nd:]:
+        raise Unsupported(f"asymmetric pads {pads}")
+    strides = tuple(int(v) for v in (lw.attr("strides") or [1] * nd))
+    dil = tuple(int(v) for v in (lw.attr("dilations") or [1] * nd))
+    outpad = tuple(int(v) for v in (lw.attr("output_padding") or [0] * nd))
+    bias = None if b is None else lw.param(b, "bias")
+    return [lw.emit("conv_transpose", (x.name, lw.param(w, "weight"), bias), rank=x.rank, stride=strides,
+                    padding=tuple(pads[:nd]), output_padding=outpad, dilation=dil, groups=int(lw.attr("group", 1)))]
+
+
+def _softmax_last(lw: Lowerer, x: Value) -> Value:
+    """Softmax over the last dimension, ``y_i = 1 / sum_j exp(x_j - x_i)``: a linear map to the K² differences,
+    exp, a linear sum (>= 1: the j = i term is exp(0)), and the reciprocal of a value >= 1."""
+    K = int(lw.example[x.name].shape[-1])
+    eye = torch.eye(K, dtype=torch.get_default_dtype())
+    diff = (eye.unsqueeze(0) - eye.unsqueeze(1)).reshape(K * K, K)  # row i*K + j: e_j - e_i
+    d = lw.emit("linear", (x.name, lw.param(diff, "softmax_diff"), None), rank=x.rank)
+    e = lw.emit("exp", (d.name,), rank=x.rank)
+    # the sum over j as a reduction (monotone: IBP adds end points, no centre/radius cancellation)
+    lead = tuple(lw.example[x.name].shape[1:-1])
+    e3 = lw.emit("reshape", (e.name,), rank=x.rank + 1, shape=(-1, *lead, K, K))
+    last = lw.example[e3.name].dim() - 1
+    s = lw.emit("reduce_sum", (e3.name,), rank=x.rank, dims=(last,), keepdim=False, scale=1.0)
+    return lw.emit("reciprocal_pos", (s.name,), rank=x.rank, floor=1.0)
+
+
+@lowering("Softmax")
+def _softmax(lw: Lowerer, node) -> list:
+    """Softmax along ``axis`` (before opset 13: over the dimensions from ``axis`` on, flattened)."""
+    x = lw.inp(0)
+    new = lw.opset >= 13
+    axis = int(lw.attr("axis", -1 if new else 1))
+    if not isinstance(x, Value):
+        if new:
+            return [torch.softmax(x, axis)]
+        a = axis % x.dim()
+        return [torch.softmax(x.reshape(tuple(x.shape[:a]) + (-1,)), -1).reshape(x.shape)]
+    rank = x.rank
+    a = axis % rank
+    s = lw.shape(x)
+    if not new and a < rank - 1:  # flatten the trailing dimensions into one
+        y = _softmax_last(lw, lw.reshape(x, s[:a] + [math.prod(s[a:])]))
+        return [lw.reshape(y, s)]
+    lw.ir_axis(a, rank)  # rejects the batch axis
+    if a == rank - 1:
+        return [_softmax_last(lw, x)]
+    last = lw.example[x.name].dim() - 1
+    dim = lw.ir_axis(a, rank)
+    dims = list(range(last + 1))
+    dims[dim], dims[last] = dims[last], dims[dim]
+    t = lw.emit("permute", (x.name,), rank=rank, dims=tuple(dims))
+    return [lw.emit("permute", (_softmax_last(lw, t).name,), rank=rank, dims=tuple(dims))]

@@ -131,3 +131,27 @@ def test_no_torch_func_in_rules():
 
     src = inspect.getsource(bw) + inspect.getsource(tp)
     assert "torch.func" not in src.replace("``torch.func``", "").replace(":mod:`torch.func`", "")
+
+
+@pytest.mark.parametrize("dim,index", [(1, (0, 2)), (2, (3, 3, 1)), (3, (4, 0, 2, 1)), (2, (1,))])
+def test_gather(dim, index):
+    idx = torch.tensor(index)
+    _adjoint(lambda x: x.index_select(dim, idx), lambda A: tp.gather_t(A, (3, 4, 5), dim, index), (3, 4, 5))
+
+
+@pytest.mark.parametrize("dims,keepdim,scale", [((1,), False, 1.0), ((2, 3), True, 0.5), ((1, 3), False, 0.25),
+                                                ((3,), True, 2.0)])
+def test_reduce_sum(dims, keepdim, scale):
+    _adjoint(lambda x: x.sum(dims, keepdim=keepdim) * scale,
+             lambda A: tp.reduce_sum_t(A, (3, 4, 5), dims, keepdim, scale), (3, 4, 5))
+
+
+@pytest.mark.parametrize("stride,padding,output_padding,dilation,groups",
+                         [(1, 0, 0, 1, 1), (2, 1, 1, 1, 1), (2, 0, 0, 2, 2), (3, 1, 2, 1, 1)])
+def test_conv_transpose(stride, padding, output_padding, dilation, groups):
+    torch.manual_seed(1)
+    w = torch.randn(4, 6 // groups, 3, 2, dtype=torch.float64)
+    kw = dict(stride=(stride,) * 2, padding=(padding,) * 2, dilation=(dilation,) * 2, groups=groups)
+    _adjoint(lambda x: F.conv_transpose2d(x, w, None, kw["stride"], kw["padding"], (output_padding,) * 2, groups,
+                                          kw["dilation"]),
+             lambda A: tp.conv_transpose_t(A, (4, 5, 6), w, **kw), (4, 5, 6))
