@@ -18,3 +18,7 @@ class UnsupportedOpError(BoundcError):
 
 class BoundcInternalError(RuntimeError):
     """A bug in boundc: an internal invariant failed.  Not a user error, so never caught as :class:`BoundcError`."""
+
+
+class DeadlineExceeded(BoundcError):
+    """The time given to a computation (a verification's ``--timeout``) ran out inside it."""

@@ -133,8 +133,9 @@ class SpecBounds:
         if missing:
             raise BoundcError(f"internal: no root bounds for {missing}")
         d = self.dtype
-        self.root_bounds = {n: Interval(bounds[n].lower.to(d), bounds[n].upper.to(d)) for n in self.bmap.values()}
-        self.x_lower, self.x_upper = x_lower.to(d), x_upper.to(d)
+        self.root_bounds = {n: Interval(bounds[n].lower.detach().to(d), bounds[n].upper.detach().to(d))
+                            for n in self.bmap.values()}
+        self.x_lower, self.x_upper = x_lower.detach().to(d), x_upper.detach().to(d)
 
     def set_spec(self, C: Tensor) -> None:
         """Fix the rows ``C`` (S, K) to bound (after :meth:`set_root`)."""
@@ -220,6 +221,14 @@ class Domains:
 
     def __len__(self) -> int:
         return self.lower.shape[0]
+
+    @staticmethod
+    def root(sb: SpecBounds, excluded: Tensor) -> Domains:
+        """The unsplit domain with CROWN's α, zero β, bound ``-inf`` and the disjuncts ``excluded`` (D,)."""
+        splits = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
+        beta = {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype) for r in sb.relus}
+        return Domains(splits, sb.alpha_init(), beta, torch.full((1, sb.S), float("-inf"), dtype=sb.dtype),
+                       excluded.unsqueeze(0))
 
     def take(self, idx: Tensor) -> Domains:
         """The domains ``idx``."""
@@ -395,11 +404,7 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     bound.  ``falsify(xs)`` checks candidate inputs (N, *input) and returns a confirmed counterexample or
     ``None``.  Call :meth:`SpecBounds.set_root` and :meth:`SpecBounds.set_spec` first."""
     problem = _Problem(d, rows, open_)
-    one = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
-    root = Domains(one, sb.alpha_init(), {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype)
-                                          for r in sb.relus},
-                   torch.full((1, sb.S), float("-inf"), dtype=sb.dtype), ~open_.unsqueeze(0))
-    root, taps, bounds = optimise(sb, root, opts.root_iterations, opts, deadline)
+    root, taps, _ = optimise(sb, Domains.root(sb, ~open_), opts.root_iterations, opts, deadline)
     t0 = time.monotonic()
     count = 1
 
@@ -466,4 +471,4 @@ def _global(problem: _Problem, queue: Domains) -> float:
     return float(problem.value(queue.lower, queue.excluded).min())
 
 
-__all__ = ["BabOptions", "BabResult", "Branching", "SpecBounds", "branch_and_bound", "splittable"]
+__all__ = ["BabOptions", "BabResult", "Branching", "Domains", "SpecBounds", "branch_and_bound", "optimise", "splittable"]

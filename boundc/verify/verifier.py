@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 
 import boundc
-from boundc.errors import BoundcError
+from boundc.errors import BoundcError, DeadlineExceeded
 from boundc.frontends.vnnlib import Spec, read_vnnlib
 from boundc.passes.graph.analysis import evaluate
+from boundc.passes.rules.engine import deadline as deadline_of_bounds
 from boundc.verify.attacks import pgd
 from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound
 from boundc.verify.cascade import Stage, Verdict, run_cascade
@@ -459,7 +460,10 @@ def verify(model: VerifierModel | str | os.PathLike, prop: str | os.PathLike,
     def search(open_: Tensor) -> list[int]:
         codes = [Verdict.UNKNOWN.code] * len(open_)
         for k, i in enumerate(open_.tolist()):
-            verdict, cex, why[i] = searches[i].run()
+            try:
+                verdict, cex, why[i] = searches[i].run()
+            except DeadlineExceeded:
+                verdict, cex, why[i] = Verdict.UNKNOWN, None, "timeout while bounding"
             codes[k] = verdict.code
             if cex is not None:
                 found[i] = cex
@@ -467,7 +471,13 @@ def verify(model: VerifierModel | str | os.PathLike, prop: str | os.PathLike,
                 break
         return codes
 
-    res = run_cascade(len(searches), [Stage("attack", attack), Stage("search", search)], stop_on_falsified=True)
+    try:
+        with deadline_of_bounds(deadline):
+            res = run_cascade(len(searches), [Stage("attack", attack), Stage("search", search)],
+                              stop_on_falsified=True)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        raise BoundcError(f"out of memory while verifying {os.fspath(prop)} on {model.path} "
+                          f"({type(err).__name__}): the bounds need more memory than this machine has") from None
     boxes = sum(s.boxes for s in searches)
     elapsed = time.monotonic() - t0
     falsified = [i for i in range(len(searches)) if res.verdict(i) is Verdict.FALSIFIED]

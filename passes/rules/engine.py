@@ -8,18 +8,45 @@ optimise the free relaxation parameters (α-CROWN).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from boundc.errors import DeadlineExceeded
+
 from . import patches
 from .backward import Coeffs
 from .interval import Interval
 from .ops import opdef
+
+# -- deadlines -----------------------------------------------------------------------------
+
+_deadline: list[float] = []  # the active deadlines (time.monotonic()), innermost last
+
+
+@contextlib.contextmanager
+def deadline(at: float | None) -> Iterator[None]:
+    """Within the block, bound computations stop with :class:`~boundc.errors.DeadlineExceeded` once
+    ``time.monotonic()`` passes ``at`` (checked between chunks of backward rows; α-CROWN stops
+    optimising and keeps its best parameters); ``None``: no deadline."""
+    _deadline.append(math.inf if at is None else at)
+    try:
+        yield
+    finally:
+        _deadline.pop()
+
+
+def check_deadline() -> None:
+    """Raise :class:`~boundc.errors.DeadlineExceeded` when an active :func:`deadline` has passed."""
+    if _deadline and time.monotonic() > min(_deadline):
+        raise DeadlineExceeded("the deadline passed while bounding")
+
 
 # -- start states -------------------------------------------------------------------
 
@@ -141,6 +168,7 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
         rows = max(1, budget // max(1, B * row_elems))
     lows, ups = [], []
     for s in tqdm(range(0, R, rows), desc=progress, unit="chunk", disable=None if progress else True, leave=False):
+        check_deadline()
         out = _call_walk(walk, names, args, start=_start_rows(x_lower, shape, order[:, s:s + rows], start, weight,
                                                               bias))
         lows.append(out.lower.expand(B, -1))
@@ -203,6 +231,8 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
                 best[k] = (torch.where(ml, pl.detach(), best[k][0]), torch.where(mu, pu.detach(), best[k][1]))
             if it == iterations or opt is None:
                 break
+            if _deadline and time.monotonic() > min(_deadline):
+                break  # the best parameters so far give a sound bound; stop optimising
             loss = out.upper.sum() - out.lower.sum()
             opt.zero_grad()
             loss.backward()
@@ -219,5 +249,5 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "start_identity", "start_spec", "start_spec_linear",
-           "unflatten_output"]
+__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "start_identity", "start_spec",
+           "start_spec_linear", "unflatten_output"]

@@ -1,0 +1,157 @@
+"""Branch and bound with β-CROWN bounds: sound on every sub-domain (against the exact MILP minimum),
+never looser than α-CROWN, decides what CROWN cannot, agrees with the MILP, and keeps its deadline."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import boundc
+from boundc.report import intersect_node_bounds
+from boundc.verify.bab import BabOptions, Branching, Domains, SpecBounds, branch_and_bound, optimise
+from boundc.verify.cascade import Verdict
+from boundc.verify.milp import MilpOptions, MilpVerifier
+
+
+def _net(seed: int, n_in: int = 8, width: int = 16) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 3)).double().eval()
+
+
+def _setup(model: nn.Module, x: torch.Tensor, eps: float) -> tuple:
+    xl, xu = x - eps, x + eps
+    bm = boundc.compile(model, x, method="crown")
+    bounds = intersect_node_bounds([bm], xl, xu)
+    sb = SpecBounds(bm.graph, torch.float64)
+    sb.set_root(bounds, xl, xu)
+    return bm, bounds, sb, xl, xu
+
+
+def _random_splits(sb: SpecBounds, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """``n`` domains, each splitting a random third of the unstable neurons at random."""
+    root = sb.domain_bounds({r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus})
+    out = {}
+    for r in sb.relus:
+        b = root[sb.pre[r]]
+        unstable = ((b.lower < 0) & (b.upper > 0)).flatten(1).expand(n, -1)
+        pick = (torch.rand(unstable.shape, generator=gen) < 0.35) & unstable
+        sign = torch.where(torch.rand(unstable.shape, generator=gen) < 0.5, 1, -1)
+        out[r] = torch.where(pick, sign, 0).to(torch.int8)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_beta_crown_is_sound_on_every_subdomain_and_never_looser_than_alpha(seed: int) -> None:
+    model = _net(seed)
+    x = torch.rand(1, 8, dtype=torch.float64)
+    bm, bounds, sb, xl, xu = _setup(model, x, 0.15)
+    c = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    sb.set_spec(c)
+    gen = torch.Generator().manual_seed(seed)
+    n = 12
+    splits = _random_splits(sb, n, gen)
+    root = Domains.root(sb, torch.zeros(1, dtype=torch.bool))
+    dom = Domains(splits, {k: v.expand(v.shape[:1] + (n,) + v.shape[2:]).clone() for k, v in root.alpha.items()},
+                  {k: v.expand(n, *v.shape[1:]).clone() for k, v in root.beta.items()},
+                  torch.full((n, 1), float("-inf"), dtype=torch.float64), torch.zeros(n, 1, dtype=torch.bool))
+    deadline = time.monotonic() + 60
+    alpha_only, _, _ = optimise(sb, dom, 30, BabOptions(lr_beta=0.0), deadline)
+    joint, _, dbounds = optimise(sb, alpha_only, 30, BabOptions(), deadline)
+    assert torch.all(joint.lower >= alpha_only.lower)
+    assert bool((joint.lower > alpha_only.lower + 1e-6).any()), "β never tightened a split domain"
+    milp = MilpVerifier(bm.graph, MilpOptions(time_limit=60, tolerance=1e6))
+    checked = 0
+    for i in range(n):
+        b = {k: v for k, v in bounds.items()}
+        for r in sb.relus:
+            p = sb.pre[r]
+            b[p] = type(bounds[p])(dbounds[p].lower[i:i + 1], dbounds[p].upper[i:i + 1])
+        if any(bool((b[sb.pre[r]].lower > b[sb.pre[r]].upper).any()) for r in sb.relus):
+            continue
+        res = milp.verify_row(xl, xu, c[0], b)
+        if res.minimum is None:  # an empty sub-domain: any bound holds
+            continue
+        checked += 1
+        assert float(joint.lower[i, 0]) <= res.minimum + 1e-5, (i, float(joint.lower[i, 0]), res.minimum)
+    assert checked >= n // 2
+
+
+def _decide(model: nn.Module, x: torch.Tensor, eps: float, c: torch.Tensor, branching: Branching) -> tuple:
+    bm, bounds, sb, xl, xu = _setup(model, x, eps)
+    sb.set_spec(c[None])
+
+    def falsify(xs: torch.Tensor):
+        with torch.no_grad():
+            v = model(xs.reshape(xs.shape[0], -1)) @ c
+        i = int(v.argmin())
+        return xs[i] if float(v[i]) <= 0 else None
+
+    res = branch_and_bound(sb, torch.zeros(1, dtype=torch.float64), [1], torch.ones(1, dtype=torch.bool),
+                           deadline=time.monotonic() + 60, opts=BabOptions(batch=16, branching=branching),
+                           falsify=falsify)
+    milp = MilpVerifier(bm.graph, MilpOptions(time_limit=60, tolerance=1e6)).verify_row(xl, xu, c, bounds)
+    with torch.no_grad():
+        crown = float(bm(xl, xu, c[None, None])[0][0, 0])
+    return res, milp, crown
+
+
+@pytest.mark.parametrize("branching", list(Branching))
+def test_bab_decides_what_crown_cannot_and_agrees_with_the_milp(branching: Branching) -> None:
+    beyond_crown = falsified = 0
+    for seed in range(8):
+        model = _net(seed)
+        x = torch.rand(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        label = int(model(x).argmax())
+        for other in (j for j in range(3) if j != label):
+            c = torch.zeros(3, dtype=torch.float64)
+            c[label], c[other] = 1.0, -1.0
+            for eps in (0.05, 0.1, 0.2, 0.3):
+                res, milp, crown = _decide(model, x, eps, c, branching)
+                assert milp.minimum is not None
+                if milp.minimum > 1e-6:
+                    assert res.verdict is Verdict.VERIFIED, (seed, other, eps, res.detail)
+                    beyond_crown += crown < 0
+                elif milp.minimum < -1e-6:
+                    assert res.verdict is not Verdict.VERIFIED, (seed, other, eps)  # soundness
+                    falsified += res.verdict is Verdict.FALSIFIED
+    assert beyond_crown >= 2, beyond_crown
+    assert falsified >= 2, falsified
+
+
+def _hard_onnx(path, n_in: int = 100) -> tuple[np.ndarray, int]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(n_in, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256),
+                          nn.ReLU(), nn.Linear(256, 10)).eval()
+    x = torch.rand(1, n_in)
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False)
+    return x[0].numpy(), int(model(x).argmax())
+
+
+def test_timeout_holds_inside_branch_and_bound(tmp_path) -> None:
+    """A property too hard for the time given comes back ``unknown`` within about a second of the timeout."""
+    from boundc.verify import VerifyOptions, verify
+
+    x0, label = _hard_onnx(tmp_path / "hard.onnx")
+    eps = 0.014  # CROWN leaves it open, PGD finds nothing, branch and bound needs far more than 5 s
+    lines = [f"(declare-const X_{i} Real)" for i in range(x0.size)] + [f"(declare-const Y_{j} Real)" for j in range(10)]
+    for i, v in enumerate(x0):
+        lines += [f"(assert (>= X_{i} {v - eps}))", f"(assert (<= X_{i} {v + eps}))"]
+    lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(10) if j != label) + "))")
+    prop = tmp_path / "hard.vnnlib"
+    prop.write_text("\n".join(lines))
+    from boundc.verify import VerifierModel
+
+    model = VerifierModel(str(tmp_path / "hard.onnx"), "alpha-crown")
+    for timeout in (2.0, 5.0):
+        t0 = time.monotonic()
+        res = verify(model, prop, VerifyOptions(method="alpha-crown", timeout=timeout, restarts=1, steps=5))
+        took = time.monotonic() - t0
+        assert res.status == "unknown", res.detail
+        assert "timeout" in res.detail and "domains" in res.detail, res.detail
+        assert timeout - 0.5 <= took <= timeout + 1.0, (took, res.detail)
