@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 from boundc import codegen
 from boundc.bound_module import BoundModule
 from boundc.errors import BoundcError
-from boundc.ir import Graph
+from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
 from boundc.passes.graph.canonicalize import canonicalize
 from boundc.passes.graph.spec import attach_spec
@@ -33,9 +34,32 @@ def lower(model: Any, example: torch.Tensor | None = None) -> Graph:
         g = from_onnx(model)
     else:
         raise BoundcError(f"cannot compile a {type(model).__name__}: pass an nn.Module or an .onnx path")
+    if len(g.outputs) > 1:
+        g = concat_outputs(g)
     if len(g.outputs) != 1:
         raise BoundcError(f"boundc supports networks with one output tensor; this one has {len(g.outputs)}")
     return canonicalize(g)
+
+
+def concat_outputs(g: Graph) -> Graph:
+    """Make a graph with several outputs one with a single output: the outputs flattened per sample and
+    concatenated in order (VNN-LIB numbers ``Y_j`` over all outputs that way)."""
+    flat = []
+    for k, name in enumerate(g.outputs):
+        n = g[name]
+        if not n.batched or len(n.shape) < 1:
+            raise BoundcError(f"output {k} ({n.where()}) does not depend on the input")
+        if len(n.shape) == 2:
+            flat.append(name)
+            continue
+        numel = math.prod(n.shape[1:])
+        flat.append(g.add(Node(g.fresh_name(f"{name}_flat"), "reshape", (name,), {"shape": (-1, numel)},
+                               (n.shape[0], numel), True, n.source)).name)
+    total = sum(g[f].shape[1] for f in flat)
+    out = g.add(Node(g.fresh_name("outputs"), "concat", tuple(flat), {"dim": 1}, (g[flat[0]].shape[0], total), True,
+                     "the model's outputs, flattened and concatenated"))
+    g.outputs = [out.name]
+    return g
 
 
 def compile(model: Any, example: torch.Tensor | None = None, method: str = "ibp",

@@ -411,3 +411,82 @@ def _mean(lw, node, kw):
     lw.problems.append(f"mean over dims {dims} at node '{node.name}' ({_source(node)}) "
                        "(only the spatial mean of an NCHW tensor is supported)")
     return None
+
+
+# -- VNN-COMP coverage: elementwise functions, slices, powers, softmax ----------------------------
+
+for _name, _op in [("sin", "sin"), ("cos", "cos"), ("exp", "exp"), ("sign", "sign"), ("floor", "floor"),
+                   ("ceil", "ceil")]:
+    lowering(_name)(_unary(_op))
+
+
+def _side_node(lw: _Lowerer, node: fx.Node, suffix: str, op: str, inputs: tuple, traced: tuple, **attrs: Any) -> str:
+    """An extra batched IR node for ``node`` (a lowering that emits several), with an explicit traced shape."""
+    return lw.g.add(Node(lw.g.fresh_name(f"{node.name}_{suffix}"), op, inputs, attrs, tuple(traced), True,
+                         _source(node))).name
+
+
+@lowering("slice")
+def _slice(lw, node, kw):
+    x = kw["input"]
+    shape = tuple(x.meta["val"].shape)
+    dim = int(kw.get("dim", 0)) % len(shape)
+    start, end, step = kw.get("start"), kw.get("end"), int(kw.get("step", 1) or 1)
+    index = list(range(*slice(start, end, step).indices(shape[dim])))
+    if index == list(range(shape[dim])):
+        return lw.emit(node, "identity", (lw.value(x),))
+    if dim == 0 and lw.is_batched(x):
+        lw.problems.append(f"slicing the batch dimension at node '{node.name}' ({_source(node)})")
+        return None
+    return lw.emit(node, "gather", (lw.value(x),), dim=dim, index=tuple(index))
+
+
+@lowering("select")
+def _select(lw, node, kw):
+    x = kw["input"]
+    shape = tuple(x.meta["val"].shape)
+    dim = int(kw["dim"]) % len(shape)
+    if dim == 0 and lw.is_batched(x):
+        lw.problems.append(f"selecting along the batch dimension at node '{node.name}' ({_source(node)})")
+        return None
+    i = int(kw["index"]) % shape[dim]
+    kept = shape[:dim] + (1,) + shape[dim + 1:]
+    g = _side_node(lw, node, "gather", "gather", (lw.value(x),), kept, dim=dim, index=(i,))
+    return lw.emit(node, "reshape", (g,), shape=lw.batched_shape(node))
+
+
+@lowering("pow")
+def _pow(lw, node, kw):
+    e = kw.get("exponent")
+    if isinstance(e, (int, float)) and (e == 0.5 or (float(e).is_integer() and e >= 2)):
+        return lw.emit(node, "power", (lw.value(kw["input"]),), exponent=e if e == 0.5 else int(e))
+    if isinstance(e, (int, float)) and e == 1:
+        return lw.emit(node, "identity", (lw.value(kw["input"]),))
+    lw.problems.append(f"pow with exponent {e!r} at node '{node.name}' ({_source(node)}) "
+                       "(supported: integers >= 1 and 0.5)")
+    return None
+
+
+@lowering("sqrt")
+def _sqrt(lw, node, kw):
+    return lw.emit(node, "power", (lw.value(kw["input"]),), exponent=0.5)
+
+
+@lowering("softmax", "_softmax")
+def _softmax(lw, node, kw):
+    """``softmax(x)_i = 1 / sum_j exp(x_j - x_i)`` along the last dimension (the ONNX lowering's decomposition)."""
+    x = kw["input"]
+    shape = tuple(x.meta["val"].shape)
+    dim = int(kw.get("dim", -1)) % len(shape)
+    if dim != len(shape) - 1 or dim == 0:
+        lw.problems.append(f"softmax over dimension {dim} (only the last, non-batch one) at node '{node.name}' "
+                           f"({_source(node)})")
+        return None
+    K = shape[-1]
+    eye = torch.eye(K, dtype=torch.get_default_dtype())
+    diff = lw.g.add_tensor(f"{node.name}_diff", (eye.unsqueeze(0) - eye.unsqueeze(1)).reshape(K * K, K)).name
+    d = _side_node(lw, node, "diff", "linear", (lw.value(x), diff, None), shape[:-1] + (K * K,))
+    e = _side_node(lw, node, "exp", "exp", (d,), shape[:-1] + (K * K,))
+    e3 = _side_node(lw, node, "pairs", "reshape", (e,), shape[:-1] + (K, K), shape=(-1,) + shape[1:-1] + (K, K))
+    s = _side_node(lw, node, "sum", "reduce_sum", (e3,), shape, dims=(len(shape),), keepdim=False, scale=1.0)
+    return lw.emit(node, "reciprocal_pos", (s,), floor=1.0)

@@ -74,8 +74,8 @@ def _check(model: onnx.ModelProto, eps: float = 0.1, centre: float = 0.0, method
     for m, bm in bms.items():
         with torch.no_grad():
             lo, up = bm(x, x)
-        torch.testing.assert_close(lo.reshape(y.shape), y, rtol=1e-4, atol=1e-4, msg=lambda s: f"{m}: {s}")
-        torch.testing.assert_close(up.reshape(y.shape), y, rtol=1e-4, atol=1e-4, msg=lambda s: f"{m}: {s}")
+        torch.testing.assert_close(lo.reshape(y.shape), y, rtol=1e-4, atol=1e-4, msg=lambda s, m=m: f"{m}: {s}")
+        torch.testing.assert_close(up.reshape(y.shape), y, rtol=1e-4, atol=1e-4, msg=lambda s, m=m: f"{m}: {s}")
         xl, xu = x - eps, x + eps
         check_sound(bm, f, xl, xu, samples=48, pgd_steps=0, method_name=m)
 
@@ -142,7 +142,7 @@ def test_concat_with_constants(batched: bool):
         lo, up = bm(x, x)
         np.testing.assert_allclose(lo.numpy().reshape(-1), ref, atol=1e-5)
         lo, up = bm(x - 0.2, x + 0.2)
-        for k in range(20):
+        for _ in range(20):
             p = (x - 0.2 + 0.4 * torch.rand(1, 5))[0].numpy()
             v = sess.run(None, {"x": p})[0]
             assert (lo.numpy().reshape(-1) <= v + 1e-5).all() and (v <= up.numpy().reshape(-1) + 1e-5).all()
@@ -325,3 +325,48 @@ def test_every_unsupported_op_listed():
                  "Pow at ONNX node 'pow1'"):
         assert part in msg, msg
     assert len(info.value.problems) == 4
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_conv_net_new_activations(method: str):
+    """Conv -> Sin -> Conv -> Sign / Exp: backward passes over feature maps (patches form where it applies)."""
+    nodes = [h.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), h.make_node("Sin", ["c1"], ["s"]),
+             h.make_node("Conv", ["s", "w2"], ["c2"]), h.make_node("Exp", ["c2"], ["e"]),
+             h.make_node("Sign", ["c2"], ["g"]), h.make_node("Add", ["e", "g"], ["a"]),
+             h.make_node("Flatten", ["a"], ["f"]), h.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    inits = [_init("w1", _rand(3, 1, 3, 3, scale=0.5)), _init("w2", _rand(2, 3, 3, 3, seed=1, scale=0.3)),
+             _init("w3", _rand(3, 2 * 3 * 3, seed=2, scale=0.3))]
+    _check(_model(nodes, {"x": ["N", 1, 5, 5]}, ["y"], inits), eps=0.05, methods=[method])
+
+
+# -- the torch frontend -----------------------------------------------------------------------------
+
+class _TorchNet(torch.nn.Module):
+    """Slices, select, softmax, sin / cos, powers and several outputs through the torch frontend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor):
+        h = self.fc(x)
+        return (torch.relu(h[:, 1:4]), torch.softmax(torch.sin(h), -1), h[:, 2:3] ** 2,
+                torch.sqrt(torch.relu(h) + 1).reshape(-1, 5, 1), torch.cos(h.reshape(-1, 5, 1)[:, 3]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_frontend_new_ops(method: str):
+    torch.manual_seed(0)
+    model = _TorchNet()
+    x = torch.randn(2, 4)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([o.reshape(t.shape[0], -1) for o in model(t)], 1)
+
+    bm = boundc.compile(model, x, method=method)
+    with torch.no_grad():
+        lo, up = bm(x, x)
+        y = f(x)
+    torch.testing.assert_close(lo, y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(up, y, rtol=1e-5, atol=1e-5)
+    check_sound(bm, f, x - 0.3, x + 0.3, samples=32, pgd_steps=5, method_name=method)

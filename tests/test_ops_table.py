@@ -108,11 +108,12 @@ def _net(op: str, attrs: dict, seed: int = 0) -> Graph:
     g = Graph()
     gen = torch.Generator().manual_seed(seed)
     gain = _GAIN.get(op, 1.5)
+    shift = _SHIFT.get(op, 0.0) if attrs.get("exponent", 0.5) == 0.5 else 0.0  # only sqrt among the powers
     g.add(Node("x", "input", shape=(2, 5), batched=True))
     prev, width = "x", 5
     for i, out in enumerate((8, 8, 3)):
         w = g.add_tensor(f"w{i}", torch.randn(out, width, generator=gen) * (gain / width ** 0.5)).name
-        b = g.add_tensor(f"b{i}", torch.randn(out, generator=gen) * 0.5 + (_SHIFT.get(op, 0.0) if attrs.get("exponent", 0.5) == 0.5 else 0.0)).name
+        b = g.add_tensor(f"b{i}", torch.randn(out, generator=gen) * 0.5 + shift).name
         prev = g.add(Node(f"fc{i}", "linear", (prev, w, b), shape=(2, out), batched=True)).name
         if i < 2:
             prev = g.add(Node(f"act{i}", op, (prev,), dict(attrs), shape=(2, out), batched=True)).name
