@@ -59,7 +59,7 @@ def test_cli_single_and_instances(tmp_path, capsys):
     res = tmp_path / "res.csv"
     assert main(["verify", "--instances", str(root / "instances.csv"), "--timeout", "1", "--out", str(res)]) == 0
     rows = list(csv.DictReader(open(res)))
-    assert len(rows) == 5 and all(r["result"] in ("sat", "unsat", "unknown") for r in rows)
+    assert len(rows) == 5 and all(r["result"] in ("sat", "unsat", "unknown", "timeout") for r in rows)
 
 
 def test_variable_count_mismatch():
@@ -128,3 +128,27 @@ def test_complete_mode_decides_what_bounds_cannot(tmp_path):
             assert plain.status == full.status
         seen.append((plain.status, full.status))
     assert ("unknown", "unsat") in seen or ("unknown", "sat") in seen, seen
+
+
+def test_counterexample_at_a_pinned_input_float32_cannot_represent_is_accepted(tmp_path):
+    """Inputs pinned to ``lo == hi`` at values float32 cannot represent (0.1, ...): the nearest float32
+    point is accepted as VNN-COMP does (within 1e-4 of the box), so a real violation is ``sat``."""
+    forward = _tiny_onnx(tmp_path / "tiny.onnx")
+    x0 = np.round(np.linspace(0.1, 0.9, 10), 3)
+    assert any(float(np.float32(v)) != v for v in x0)
+    y0 = forward(x0[None].astype(np.float32))[0]
+    lines = [f"(declare-const X_{i} Real)" for i in range(10)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+    for i, v in enumerate(x0):
+        lines += [f"(assert (>= X_{i} {float(v)!r}))", f"(assert (<= X_{i} {float(v)!r}))"]
+    lines.append(f"(assert (<= Y_0 {float(y0[0]) + 0.01!r}))")  # the pinned point itself is unsafe
+    prop = tmp_path / "pinned.vnnlib"
+    prop.write_text("\n".join(lines))
+    res = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=20))
+    assert res.status == "sat", res.detail
+    x, y = res.counterexample
+    assert np.all(np.abs(x.astype(np.float64) - x0) <= 1e-4)
+    assert y[0] <= float(y0[0]) + 0.01
+    # and a property the pinned point does not violate is not "sat"
+    lines[-1] = f"(assert (<= Y_0 {float(y0[0]) - 0.01!r}))"
+    prop.write_text("\n".join(lines))
+    assert verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=20)).status == "unsat"

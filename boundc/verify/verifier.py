@@ -42,6 +42,9 @@ from boundc.verify.attacks import pgd
 from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound
 from boundc.verify.cascade import Stage, Verdict, run_cascade
 
+#: How far outside the input box a counterexample may lie (VNN-COMP's ``COUNTEREXAMPLE_ATOL``).
+CEX_INPUT_ATOL = 1e-4
+
 #: Bound methods in order of preference when the requested one is missing.
 FALLBACK = "ibp"
 
@@ -259,10 +262,15 @@ class _Search:
         return (torch.einsum("dsk,bk->bds", self.Cs.to(y.dtype), y) - self.ds.to(y.dtype)).amax(-1)
 
     def confirm(self, x: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-        """The (x, y) pair when onnxruntime agrees that ``x`` (flat, float32) is unsafe."""
-        xn = x.detach().float().numpy().astype(np.float32)
+        """The (x, y) pair when onnxruntime agrees that ``x`` (flat) is unsafe, checked as VNN-COMP does:
+        ``x`` is clipped into the box and rounded to float32, which must stay within
+        :data:`CEX_INPUT_ATOL` of the box (a bound float32 cannot represent, e.g. a pinned
+        ``lo == hi = 0.1``, is met by its nearest float32); the onnxruntime output must violate the
+        property strictly (no output tolerance, stricter than the competition)."""
         lo, hi = self.spec.lower.numpy(), self.spec.upper.numpy()
-        if not (np.all(xn.astype(np.float64) >= lo) and np.all(xn.astype(np.float64) <= hi)):
+        xn = np.clip(x.detach().double().numpy(), lo, hi).astype(np.float32)
+        x64 = xn.astype(np.float64)
+        if not (np.all(x64 >= lo - CEX_INPUT_ATOL) and np.all(x64 <= hi + CEX_INPUT_ATOL)):
             return None
         y = self.m.ort(xn)
         for C, d in self.spec.disjuncts:
@@ -283,13 +291,16 @@ class _Search:
                 return found
         return None
 
-    def attack(self, lo: Tensor, hi: Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    def attack(self, lo: Tensor, hi: Tensor, start: Tensor | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """PGD with restarts (:func:`~boundc.verify.attacks.pgd`) on one box (flat float64 bounds),
-        one objective column per disjunct; the best points are confirmed in onnxruntime."""
+        one objective column per disjunct (its margin), the first restart from ``start`` (flat; default
+        the centre); the best points are confirmed in onnxruntime."""
         lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
         steps = self.opts.steps
+        x0 = None if start is None else start.reshape(1, -1).float()
         res = pgd(lambda x: self.violation(self.m.forward(x)), lo32, hi32, steps=steps, restarts=self.opts.restarts,
-                  step_size=lambda t: 0.25 * (1 - t / steps) + 0.01, generator=self.gen, deadline=self.deadline)
+                  step_size=lambda t: 0.25 * (1 - t / steps) + 0.01, start=x0, generator=self.gen,
+                  deadline=self.deadline)
         return self.check_points(res.x[0])
 
     # -- proof --------------------------------------------------------------------------
@@ -309,11 +320,16 @@ class _Search:
             bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype), xu.to(dtype))
         sb.set_root(bounds, xl, xu)
         found: list[tuple] = []
+        calls = [0]
 
         def falsify(xs: Tensor) -> tuple | None:
+            """Check the corners minimising the bounds; from the root's corner also run PGD."""
             lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
             x = torch.minimum(torch.maximum(xs.reshape(xs.shape[0], -1).float(), lo32), hi32)
             cex = self.check_points(x)
+            calls[0] += 1
+            if cex is None and calls[0] == 1 and self.opts.steps:
+                cex = self.attack(lo, hi, start=x[0])
             if cex is not None:
                 found.append(cex)
             return cex
@@ -420,6 +436,8 @@ class _Search:
                 if verdict is Verdict.UNKNOWN and self.opts.complete and time.monotonic() < self.deadline:
                     return self.complete(blo[0], bhi[0], open_[0])
                 return verdict, cex, detail
+            if not bool((bhi > blo).any()):
+                return Verdict.UNKNOWN, None, "an open box of zero width (rounding) that is not a counterexample"
             if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
                 return Verdict.UNKNOWN, None, f"more than {self.opts.max_boxes} open boxes"
             nlo, nhi = self.split(blo, bhi, open_)
