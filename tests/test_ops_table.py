@@ -230,3 +230,27 @@ def test_onnx_models_match_torch(act: str, opset: int, tmp_path) -> None:
         lt, ut = bt(xl, xu)
     torch.testing.assert_close(lo, lt, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(uo, ut, atol=1e-5, rtol=1e-5)
+
+
+# -- the affine ops without a relaxation: interval rules by sampling (test_core_rules.py's list lacks them) ---
+
+def _sample_interval(op: str, iv: Interval, consts: list, **attrs) -> None:
+    out = get_rule(op, "interval")(iv, *consts, **attrs)
+    f = get_rule(op, "eval")
+    y = f(_points(iv, 64, 3), *consts, **attrs)
+    tol = 1e-9 * (1 + y.abs())
+    assert bool((out.lower[:1] <= y + tol).all()) and bool((y <= out.upper[:1] + tol).all()), op
+    c = (iv.lower + iv.upper) / 2
+    torch.testing.assert_close(get_rule(op, "interval")(Interval(c, c), *consts, **attrs).lower, f(c, *consts, **attrs))
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 5.0])
+def test_new_affine_interval_rules(scale: float) -> None:
+    """gather, reduce_sum and conv_transpose: sampled points and vertices inside the interval; exact at a point."""
+    iv = _box(1, (1, 2, 4, 5), scale)
+    _sample_interval("gather", iv, [], dim=3, index=(4, 0, 0, 2))
+    _sample_interval("reduce_sum", iv, [], dims=(1, 3), keepdim=False, scale=0.5)
+    w = torch.randn(2, 3, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    b = torch.randn(3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    _sample_interval("conv_transpose", iv, [w, b], stride=(2, 1), padding=(1, 0), output_padding=(1, 0),
+                     dilation=(1, 1), groups=1)
