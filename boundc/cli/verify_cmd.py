@@ -140,12 +140,22 @@ def read_instances(csv_path: str | os.PathLike, limit: int | None = None) -> lis
 
 
 def read_known(csv_dir: str | os.PathLike) -> dict[tuple[str, str], str]:
-    """``(onnx, vnnlib) -> result`` from ``known_results.csv`` in ``csv_dir`` (normalised paths; empty if absent)."""
+    """``(onnx, vnnlib) -> result`` from ``known_results.csv`` in ``csv_dir`` (normalised paths, a ``.gz`` suffix
+    dropped, so ``X.vnnlib`` in instances.csv finds ``X.vnnlib.gz``; empty if absent)."""
     path = Path(csv_dir) / "known_results.csv"
     if not path.exists():
         return {}
     with open(path, newline="") as fh:
-        return {(os.path.normpath(r["onnx"]), os.path.normpath(r["vnnlib"])): r["result"] for r in csv.DictReader(fh)}
+        return {instance_key(r["onnx"], r["vnnlib"]): r["result"] for r in csv.DictReader(fh)}
+
+
+def instance_key(onnx: str, vnnlib: str) -> tuple[str, str]:
+    """The key of an instance in :func:`read_known` (normalised paths without a ``.gz`` suffix)."""
+    def norm(p: str) -> str:
+        p = os.path.normpath(p.strip())
+        return p[:-3] if p.endswith(".gz") else p
+
+    return norm(onnx), norm(vnnlib)
 
 
 def is_unsound(result: str, known: str) -> bool:
@@ -263,7 +273,7 @@ def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, metho
                     raise
                 status, error = "error", "internal error: " + one_line(err)
             dt = time.monotonic() - t0
-            truth = known.get((os.path.normpath(inst.onnx), os.path.normpath(inst.vnnlib)), "")
+            truth = known.get(instance_key(inst.onnx, inst.vnnlib), "")
             counts[status] += 1
             counts["unsound"] += is_unsound(status, truth)
             w.writerow([inst.name, status, f"{dt:.3f}", used, error, inst.onnx, inst.vnnlib, f"{timeout:g}", truth,

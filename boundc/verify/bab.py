@@ -65,6 +65,8 @@ class BabOptions:
         batch: domains split (and so ``2 × batch`` children bounded) per round.
         iterations: Adam steps on α and β per round.
         root_iterations: Adam steps on α at the root (the α-CROWN bound).
+        intermediate_iterations: Adam steps on α for the root's intermediate bounds
+            (:meth:`SpecBounds.tighten`; 0: keep CROWN's).
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds.
@@ -75,6 +77,7 @@ class BabOptions:
     batch: int = 64
     iterations: int = 8
     root_iterations: int = 40
+    intermediate_iterations: int = 20
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     branching: Branching = Branching.BABSR
@@ -125,6 +128,7 @@ class SpecBounds:
         self.alphas = {k: v for k, v in amap.items() if k.startswith("alpha_")}
         self.betas = {v: k for k, v in amap.items() if k.startswith("beta_")}
         self.root_bounds: dict[str, Interval] = {}
+        self._walks: dict[str, tuple] = {}  # backward walks from intermediate nodes (for tighten)
 
     # -- root ----------------------------------------------------------------------------
     def set_root(self, bounds: dict[str, Interval], x_lower: Tensor, x_upper: Tensor) -> None:
@@ -144,6 +148,77 @@ class SpecBounds:
         # lower bounds only: the upper pass runs on zero rows (no upper α either), so it costs nothing
         self.start = Coeffs(start.lA, start.uA[:, :0], start.lb, start.ub[:, :0])
         self.S = C.shape[0]
+
+    def tighten(self, iterations: int, lr: float, deadline: float, budget: int = 1 << 24) -> int:
+        """α-CROWN on the root's intermediate bounds: in topological order, re-bound the unstable inputs
+        of every ReLU by a backward pass from that node with its own optimised α (lower and upper rows
+        apart, best value per row kept), and intersect with the known bounds, so every later pass sees
+        the tighter ones.  Stops at ``deadline``; returns how many neurons became stable."""
+        stable = 0
+        for r in self.relus:
+            p = self.pre[r]
+            b = self.root_bounds[p]
+            lo, up = b.lower.flatten(1)[0].clone(), b.upper.flatten(1)[0].clone()
+            idx = torch.nonzero((lo < 0) & (up > 0)).flatten()
+            if p not in self._walks:
+                self._walks[p] = build_walk(self.g, p, "crown", with_alpha=True)
+            walk, names, bmap, amap = self._walks[p]
+            if not idx.numel() or not amap:  # nothing to tighten, or no relaxation before the node
+                continue
+            shape = tuple(self.g[p].shape[1:])
+            widest = max(math.prod(self.g[a].shape[1:]) for a in ancestors(self.g, p))
+            rows = max(1, budget // widest)
+            for s0 in range(0, idx.numel(), rows):
+                if time.monotonic() > deadline:
+                    return stable
+                part = idx[s0:s0 + rows]
+                low, upp = self._tighten_rows(walk, names, bmap, amap, shape, part, iterations, lr, deadline)
+                lo[part], up[part] = torch.maximum(lo[part], low), torch.minimum(up[part], upp)
+            stable += int(((lo >= 0) | (up <= 0))[idx].sum())
+            self.root_bounds[p] = Interval(lo.reshape(b.lower.shape), up.reshape(b.upper.shape))
+        return stable
+
+    def _tighten_rows(self, walk, names, bmap, amap, shape, idx: Tensor, iterations: int, lr: float,
+                      deadline: float) -> tuple[Tensor, Tensor]:
+        """Best lower and upper bounds of the neurons ``idx`` of a node over ``iterations`` Adam steps on α."""
+        R, d = idx.numel(), self.dtype
+        A = torch.zeros(1, R, math.prod(shape), dtype=d, device=idx.device)
+        A[0, torch.arange(R), idx] = 1.0
+        A = A.reshape((1, R) + shape)
+        zero = torch.zeros(1, R, dtype=d)
+        args: dict[str, object] = {"start": Coeffs(A, A, zero, zero), "x_lower": self.x_lower, "x_upper": self.x_upper}
+        for ph, node in bmap.items():
+            args[ph] = self.root_bounds[node]
+        params, groups, projections = {}, [], {}
+        for ph, node in amap.items():
+            n = self.g[node]
+            spec = OPS[n.op].relaxation.alpha
+            b = self.root_bounds[n.inputs[0]]
+            a = spec.init(b.lower, b.upper, **n.attrs)
+            a = a.unsqueeze(2).expand(a.shape[:2] + (R,) + a.shape[2:])
+            params[ph] = (a.clone().requires_grad_(True), a.clone().requires_grad_(True))
+            groups.append({"params": list(params[ph]), "lr": lr * spec.lr_scale})
+            if spec.project is not None:
+                projections[ph] = (spec.project, b.lower.unsqueeze(1), b.upper.unsqueeze(1), n.attrs)
+        opt = torch.optim.Adam(groups)
+        best_l = torch.full((R,), float("-inf"), dtype=d)
+        best_u = torch.full((R,), float("inf"), dtype=d)
+        with torch.enable_grad():
+            for it in range(iterations + 1):
+                args.update(params)
+                lower, upper = walk(*[args.get(n) for n in names])[:2]
+                best_l = torch.maximum(best_l, lower.detach()[0])
+                best_u = torch.minimum(best_u, upper.detach()[0])
+                if it == iterations or time.monotonic() > deadline:
+                    break
+                opt.zero_grad()
+                (upper.sum() - lower.sum()).backward()
+                opt.step()
+                with torch.no_grad():
+                    for ph, (fn, lo_b, up_b, attrs) in projections.items():
+                        for t in params[ph]:
+                            t.copy_(fn(t, lo_b, up_b, **attrs))
+        return best_l, best_u
 
     def alpha_init(self) -> dict[str, Tensor]:
         """CROWN's α for one domain (the root), ``(k, 1, S, *shape)`` per α placeholder."""

@@ -319,6 +319,9 @@ class _Search:
         with torch.no_grad():
             bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype), xu.to(dtype))
         sb.set_root(bounds, xl, xu)
+        bo = self.opts.bab_options
+        if bo.intermediate_iterations:
+            sb.tighten(bo.intermediate_iterations, 4 * bo.lr_alpha, self.deadline)
         found: list[tuple] = []
         calls = [0]
 
