@@ -248,10 +248,14 @@ def list_benchmarks(root: str | os.PathLike, include_test: bool = False) -> list
 
 
 def verify_command(bench: str, root: Path, out_csv: Path, method: str | None, cap: float | None,
-                   limit: int | None, complete: bool = False, seed: int = 0) -> list[str]:
-    """The ``python -m boundc verify --instances`` command line of one benchmark."""
+                   limit: int | None, complete: bool = False, seed: int = 0, shard: tuple[int, int] | None = None,
+                   extra: list[str] | None = None) -> list[str]:
+    """The ``python -m boundc verify --instances`` command line of one benchmark (or one shard of it)."""
     cmd = [sys.executable, "-m", "boundc", "verify", "--instances", str(root / bench / "instances.csv"),
            "--out", str(out_csv), "--no-progress", "--seed", str(seed)]
+    if shard is not None and shard[1] > 1:
+        cmd += ["--shard", f"{shard[0]}/{shard[1]}"]
+    cmd += list(extra or [])
     if method:
         cmd += ["--method", method]
     if cap:
@@ -288,24 +292,50 @@ def cpu_info() -> str:
     return f"{model}, {os.cpu_count()} logical cores"
 
 
-def run_one(bench: str, args: argparse.Namespace, threads: int) -> dict:
-    """Run one benchmark in a subprocess; write ``<bench>.log`` and ``<bench>.json``; return the run record."""
+def run_one(bench: str, args: argparse.Namespace, threads: int, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Run one benchmark (or shard ``k/n`` of it) in a subprocess; write its CSV, ``.log`` and ``.json``
+    (``<bench>.csv`` or ``<bench>.shard-k.csv``, ...); return the run record."""
     out_dir = Path(args.out_dir)
-    out_csv = out_dir / f"{bench}.csv"
+    name = bench if shard[1] == 1 else f"{bench}.shard-{shard[0]}"
+    out_csv = out_dir / f"{name}.csv"
+    extra = ["--device", args.device, "--precision", args.precision]
     cmd = verify_command(bench, Path(args.root), out_csv, args.method, args.timeout_cap, args.limit,
-                         args.complete, args.seed)
+                         args.complete, args.seed, shard, extra)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     record = {"benchmark": bench, "command": " ".join(cmd[1:]), "method": args.method or "default",
               "timeout_cap": args.timeout_cap, "limit": args.limit, "threads": threads, "commit": git_commit(),
               "date": _dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_info()}
-    print(f"[{bench}] start: {' '.join(cmd[1:])}", flush=True)
+    print(f"[{name}] start: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
-    with open(out_dir / f"{bench}.log", "w") as log:
+    with open(out_dir / f"{name}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    record.update(rc=rc, wall_s=round(time.monotonic() - t0, 1))
+    record.update(rc=rc, wall_s=round(time.monotonic() - t0, 1), device=args.device, precision=args.precision,
+                  shards=shard[1])
+    (out_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    status = "done" if rc == 0 else f"FAILED (exit {rc}; see {out_dir / (name + '.log')})"
+    print(f"[{name}] {status} in {record['wall_s']:.0f} s", flush=True)
+    return record
+
+
+def merge_shards(out_dir: Path, bench: str, records: list[dict]) -> dict:
+    """Join the shard CSVs of ``bench`` into ``<bench>.csv`` (rows in instances.csv order) and write its
+    ``.json`` (wall time: the slowest shard; exit code: the worst); the shard files are removed."""
+    parts = sorted(out_dir.glob(f"{bench}.shard-*.csv"))
+    rows: list[dict] = []
+    for p in parts:
+        with open(p, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    with open(out_dir / f"{bench}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    record = dict(records[0], wall_s=max(r["wall_s"] for r in records), rc=max(r["rc"] for r in records))
     (out_dir / f"{bench}.json").write_text(json.dumps(record, indent=1) + "\n")
-    status = "done" if rc == 0 else f"FAILED (exit {rc}; see {out_dir / (bench + '.log')})"
-    print(f"[{bench}] {status} in {record['wall_s']:.0f} s", flush=True)
+    with open(out_dir / f"{bench}.log", "w") as log:
+        for p in parts:
+            log.write((out_dir / f"{p.stem}.log").read_text())
+            for suffix in (".csv", ".log", ".json"):
+                (out_dir / f"{p.stem}{suffix}").unlink(missing_ok=True)
     return record
 
 
@@ -364,7 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N instances of each benchmark")
     ap.add_argument("--complete", action="store_true", help="pass --complete (MILP) to boundc verify")
     ap.add_argument("--seed", type=int, default=0, help="attack seed")
-    ap.add_argument("--jobs", type=int, default=1, help="benchmarks run in parallel (one process each)")
+    ap.add_argument("--jobs", type=int, default=1, help="processes run in parallel (one per benchmark shard)")
+    ap.add_argument("--shards", type=int, default=1, help="processes per benchmark (each runs every N-th instance)")
+    ap.add_argument("--device", default="cpu", help="boundc verify --device (cpu, cuda, auto)")
+    ap.add_argument("--precision", default="float64", choices=["float64", "float32"],
+                    help="boundc verify --precision")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch/OpenMP threads per process (default: $OMP_NUM_THREADS, else cores / jobs)")
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT), help="where the per-benchmark CSVs, logs and JSON go")
@@ -386,13 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     missing = [b for b in benches if not (root / b / "instances.csv").is_file()]
     if missing:
         ap.error(f"no instances.csv for {', '.join(missing)} in {root} (have {', '.join(list_benchmarks(root, True))})")
-    if args.jobs < 1:
-        ap.error("--jobs must be at least 1")
+    if args.jobs < 1 or args.shards < 1:
+        ap.error("--jobs and --shards must be at least 1")
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, (os.cpu_count() or 1) // args.jobs)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     print(f"{len(benches)} benchmark(s), {args.jobs} at a time, {threads} thread(s) each: {', '.join(benches)}")
+    units = [(b, (k, args.shards)) for b in benches for k in range(args.shards)]
     with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(pool.map(lambda b: run_one(b, args, threads), benches))
+        done = list(pool.map(lambda u: run_one(u[0], args, threads, u[1]), units))
+    records = done
+    if args.shards > 1:
+        records = [merge_shards(Path(args.out_dir), b, [r for (ub, _), r in zip(units, done) if ub == b])
+                   for b in benches]
     text = write_summary(args.out_dir, root, args.summary, None, args.note)
     print(text)
     return 0 if all(r["rc"] == 0 for r in records) else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gc
 import os
 import sys
@@ -70,6 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=any_int, default=0, help="attack seed")
     p.add_argument("--complete", action="store_true",
                    help="decide boxes too large to split with an exact MILP (HiGHS); ReLU networks")
+    p.add_argument("--device", default="cpu", help="where the bounds are computed: cpu, cuda or auto (attacks run on "
+                   "the CPU)")
+    p.add_argument("--precision", default="float64", choices=["float64", "float32"],
+                   help="dtype of the bounds (float32: faster, with a safety margin on every bound)")
+    p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
+                   help="branch-and-bound neuron choice: filtered smart branching or the BaBSR score alone")
+    p.add_argument("--no-bab", dest="bab", action="store_false",
+                   help="no branch and bound on ReLU splits for inputs too large to split")
+    p.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
+                   help="with --instances: only the instances whose index is K modulo N (parallel sweeps)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar for --instances (it is drawn only on a terminal anyway)")
     p.set_defaults(func=run)
@@ -83,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         return run_instances(args)
     if not args.model or not args.prop:
         raise BoundcError("give MODEL.onnx PROP.vnnlib, or --instances DIR/instances.csv")
-    from boundc.verify import VerifyOptions, verify
+    from boundc.verify import verify
 
-    opts = VerifyOptions(method=args.method, timeout=args.timeout or 60.0, complete=args.complete, seed=args.seed)
+    opts = verify_options(args, args.timeout or 60.0)
     res = verify(args.model, args.prop, opts)
     text = res.vnncomp()
     if args.out:
@@ -94,6 +105,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"# {res.status} in {res.time:.2f} s (method {res.method}, {res.boxes} boxes) {res.detail}",
           file=sys.stderr)
     return 0
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``K/N`` with ``0 <= K < N`` (an argparse type)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def verify_options(args: argparse.Namespace, timeout: float) -> Any:
+    """The :class:`~boundc.verify.VerifyOptions` the flags describe."""
+    from boundc.verify import VerifyOptions
+    from boundc.verify.bab import BabOptions, Branching
+
+    return VerifyOptions(method=args.method, timeout=timeout, complete=args.complete, seed=args.seed,
+                         precision=args.precision, device=args.device, bab=args.bab,
+                         bab_options=BabOptions(branching=Branching(args.branching), progress=args.progress))
 
 
 # ---------------------------------------------------------------- benchmarks (--instances)
@@ -194,8 +226,8 @@ def one_line(err: BaseException, limit: int = 300) -> str:
 class LastModel:
     """Compiles ``VerifierModel`` s one at a time, keeping only the most recent one (or its error)."""
 
-    def __init__(self, method: str) -> None:
-        self.method = method
+    def __init__(self, method: str, precision: str = "float64", device: str = "cpu") -> None:
+        self.method, self.precision, self.device = method, precision, device
         self.path: str | None = None
         self.model: Any = None
         self.error: BaseException | None = None
@@ -208,7 +240,7 @@ class LastModel:
             self.drop()
             self.path = path
             try:
-                self.model = VerifierModel(path, self.method)
+                self.model = VerifierModel(path, self.method, self.precision, self.device)
             except Exception as err:
                 self.error = err
                 raise
@@ -224,8 +256,13 @@ class LastModel:
 
 def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, method: str, *,
                       timeout_cap: float | None = None, limit: int | None = None, seed: int = 0,
-                      complete: bool = False, show_progress: bool = True, debug: bool = False) -> Counter:
+                      complete: bool = False, show_progress: bool = True, debug: bool = False,
+                      options: Any = None, shard: tuple[int, int] | None = None) -> Counter:
     """Run every instance of a benchmark and write the results CSV (:data:`RESULT_COLUMNS`).
+
+    ``options``: a :class:`~boundc.verify.VerifyOptions` template (its timeout is replaced per
+    instance; default: ``method``, ``seed`` and ``complete``); ``shard = (k, n)``: only the
+    instances whose index (in ``instances.csv``, after ``limit``) is ``k`` modulo ``n``.
 
     Instances run grouped by ONNX model, compiling each model once and keeping only the
     current one.  A failure of one instance (bad input, out of memory, or an internal error
@@ -238,13 +275,17 @@ def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, metho
     csv_path = Path(csv_path)
     root = csv_path.parent
     rows = read_instances(csv_path, limit)
+    if shard is not None:
+        rows = rows[shard[0]::shard[1]]
+    if options is None:
+        options = VerifyOptions(method=method, complete=complete, seed=seed)
     order = {}
     for inst in rows:
         order.setdefault(inst.onnx, len(order))
     rows = sorted(rows, key=lambda inst: order[inst.onnx])  # stable: keeps the listed order within a model
     known = read_known(root)
     oom = _oom_types()
-    models = LastModel(method)
+    models = LastModel(method, str(options.precision), str(options.device))
     counts: Counter = Counter({r: 0 for r in RESULTS})
     counts["unsound"] = 0
     log_lines = not sys.stderr.isatty()
@@ -258,8 +299,7 @@ def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, metho
             used, detail, error = method, "", ""
             try:
                 model = models.get(os.fspath(root / inst.onnx))
-                res = verify(model, root / inst.vnnlib, VerifyOptions(
-                    method=method, timeout=timeout, complete=complete, seed=seed))
+                res = verify(model, root / inst.vnnlib, dataclasses.replace(options, timeout=timeout))
                 status, detail, used = res.status, res.detail, res.method or method
                 if status == "unknown" and (detail.startswith("timeout") or res.time >= timeout):
                     status = "timeout"
@@ -305,11 +345,12 @@ def run_instances(args: argparse.Namespace) -> int:
     """Every instance of a benchmark with a progress bar; writes a results CSV and prints a summary."""
     csv_path = Path(args.instances)
     out = Path(args.out or f"{csv_path.parent.name}_{args.method}_results.csv")
-    n = len(read_instances(csv_path, args.limit))
+    n = len(read_instances(csv_path, args.limit)[slice(*(args.shard[0], None, args.shard[1]) if args.shard
+                                                        else (None,))])
     note(f"{n} instances of {csv_path.parent.name} with {args.method!r}; results -> {out}")
     counts = run_instances_csv(csv_path, out, args.method, timeout_cap=args.timeout, limit=args.limit,
-                               seed=args.seed, complete=args.complete, show_progress=args.progress,
-                               debug=bool(getattr(args, "debug", False)))
+                               show_progress=args.progress, debug=bool(getattr(args, "debug", False)),
+                               options=verify_options(args, DEFAULT_ROW_TIMEOUT), shard=args.shard)
     times: dict[str, float] = {}
     with open(out, newline="") as fh:
         for r in csv.DictReader(fh):

@@ -74,13 +74,13 @@ class BabOptions:
         progress: a progress bar with open domains, the global lower bound and the elapsed time.
     """
 
-    batch: int = 64
+    batch: int = 128
     iterations: int = 8
     root_iterations: int = 40
     intermediate_iterations: int = 20
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
-    branching: Branching = Branching.BABSR
+    branching: Branching = Branching.FSB
     fsb_candidates: int = 4
     memory: int = 2 << 30
     progress: bool = False
@@ -106,12 +106,13 @@ def splittable(g: Graph) -> list[str]:
 class SpecBounds:
     """β-CROWN bounds of ``C·f(x)`` on batches of sub-domains of one input box.
 
-    ``graph``: the analysed IR of the network (``BoundModule.graph``); ``dtype``: the bounds' dtype.
+    ``graph``: the analysed IR of the network (``BoundModule.graph``); ``dtype``, ``device``: where and
+    in which dtype the bounds are computed.
     """
 
-    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64) -> None:
-        g = attach_spec(_cast(graph, dtype))
-        self.g, self.dtype = g, dtype
+    def __init__(self, graph: Graph, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> None:
+        g = attach_spec(cast_graph(graph, dtype, device))
+        self.g, self.dtype, self.device = g, dtype, torch.device(device)
         em = Emitter(g)
         root, start, _ = emit_start(em)
         self._start = em.finish(start, start)
@@ -137,14 +138,16 @@ class SpecBounds:
         if missing:
             raise BoundcError(f"internal: no root bounds for {missing}")
         d = self.dtype
-        self.root_bounds = {n: Interval(bounds[n].lower.detach().to(d), bounds[n].upper.detach().to(d))
-                            for n in self.bmap.values()}
-        self.x_lower, self.x_upper = x_lower.detach().to(d), x_upper.detach().to(d)
+        dev = self.device
+        self.root_bounds = {n: Interval(bounds[n].lower.detach().to(dtype=d, device=dev),
+                                        bounds[n].upper.detach().to(dtype=d, device=dev)) for n in self.bmap.values()}
+        self.x_lower = x_lower.detach().to(dtype=d, device=dev)
+        self.x_upper = x_upper.detach().to(dtype=d, device=dev)
 
     def set_spec(self, C: Tensor) -> None:
         """Fix the rows ``C`` (S, K) to bound (after :meth:`set_root`)."""
         with torch.no_grad():
-            start = self._start(self.x_lower, self.x_upper, C.to(self.dtype).unsqueeze(0))[0]
+            start = self._start(self.x_lower, self.x_upper, C.to(dtype=self.dtype, device=self.device).unsqueeze(0))[0]
         # lower bounds only: the upper pass runs on zero rows (no upper α either), so it costs nothing
         self.start = Coeffs(start.lA, start.uA[:, :0], start.lb, start.ub[:, :0])
         self.S = C.shape[0]
@@ -183,9 +186,9 @@ class SpecBounds:
         """Best lower and upper bounds of the neurons ``idx`` of a node over ``iterations`` Adam steps on α."""
         R, d = idx.numel(), self.dtype
         A = torch.zeros(1, R, math.prod(shape), dtype=d, device=idx.device)
-        A[0, torch.arange(R), idx] = 1.0
+        A[0, torch.arange(R, device=idx.device), idx] = 1.0
         A = A.reshape((1, R) + shape)
-        zero = torch.zeros(1, R, dtype=d)
+        zero = torch.zeros(1, R, dtype=d, device=idx.device)
         args: dict[str, object] = {"start": Coeffs(A, A, zero, zero), "x_lower": self.x_lower, "x_upper": self.x_upper}
         for ph, node in bmap.items():
             args[ph] = self.root_bounds[node]
@@ -201,8 +204,8 @@ class SpecBounds:
             if spec.project is not None:
                 projections[ph] = (spec.project, b.lower.unsqueeze(1), b.upper.unsqueeze(1), n.attrs)
         opt = torch.optim.Adam(groups)
-        best_l = torch.full((R,), float("-inf"), dtype=d)
-        best_u = torch.full((R,), float("inf"), dtype=d)
+        best_l = torch.full((R,), float("-inf"), dtype=d, device=idx.device)
+        best_u = torch.full((R,), float("inf"), dtype=d, device=idx.device)
         with torch.enable_grad():
             for it in range(iterations + 1):
                 args.update(params)
@@ -276,9 +279,12 @@ class SpecBounds:
         return out
 
 
-def _cast(g: Graph, dtype: torch.dtype) -> Graph:
+def cast_graph(g: Graph, dtype: torch.dtype, device: torch.device | str = "cpu") -> Graph:
+    """A copy of ``g`` whose tensors are detached, on ``device``, floating ones in ``dtype``
+    (no live module: the bounds of a fixed network)."""
     h = g.copy()
-    h.tensors = {k: (v.detach().to(dtype) if v.is_floating_point() else v) for k, v in g.tensors.items()}
+    h.tensors = {k: (v.detach().to(dtype=dtype, device=device) if v.is_floating_point() else v.to(device))
+                 for k, v in g.tensors.items()}
     h.module = None
     return h
 
@@ -300,10 +306,11 @@ class Domains:
     @staticmethod
     def root(sb: SpecBounds, excluded: Tensor) -> Domains:
         """The unsplit domain with CROWN's α, zero β, bound ``-inf`` and the disjuncts ``excluded`` (D,)."""
-        splits = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
-        beta = {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype) for r in sb.relus}
-        return Domains(splits, sb.alpha_init(), beta, torch.full((1, sb.S), float("-inf"), dtype=sb.dtype),
-                       excluded.unsqueeze(0))
+        dev = sb.device
+        splits = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8, device=dev) for r in sb.relus}
+        beta = {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype, device=dev) for r in sb.relus}
+        return Domains(splits, sb.alpha_init(), beta,
+                       torch.full((1, sb.S), float("-inf"), dtype=sb.dtype, device=dev), excluded.to(dev).unsqueeze(0))
 
     def take(self, idx: Tensor) -> Domains:
         """The domains ``idx``."""
@@ -329,11 +336,11 @@ class _Problem:
     """The specification's rows grouped into disjuncts: a domain is safe when every open disjunct has a row
     whose lower bound exceeds its threshold."""
 
-    def __init__(self, d: Tensor, rows: list[int], open_: Tensor) -> None:
-        self.d = d
-        self.group = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows))
+    def __init__(self, d: Tensor, rows: list[int], open_: Tensor, device: torch.device) -> None:
+        self.d = d.to(device)
+        self.group = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows)).to(device)
         self.D = len(rows)
-        self.open = open_  # (D,) disjuncts to exclude
+        self.open = open_.to(device)  # (D,) disjuncts to exclude
 
     def margins(self, lower: Tensor) -> Tensor:
         """(N, D): per disjunct, the best row margin ``max_rows (lower - d)`` (-inf for empty disjuncts)."""
@@ -350,7 +357,7 @@ class _Problem:
     def row_weights(self, excluded: Tensor) -> Tensor:
         """(N, S): 1 on the rows of disjuncts still open."""
         live = self.open.unsqueeze(0) & ~excluded
-        return live[:, self.group].to(torch.get_default_dtype())
+        return live[:, self.group].to(self.d.dtype)
 
 
 def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, deadline: float
@@ -426,7 +433,7 @@ def _children(sb: SpecBounds, dom: Domains, choice: Tensor) -> Domains:
     """Two children per domain, split on the flat neuron index ``choice`` (N,): active first, then inactive."""
     N = len(dom)
     sizes = [math.prod(sb.shapes[r]) for r in sb.relus]
-    offsets = torch.tensor([0, *sizes]).cumsum(0)
+    offsets = torch.tensor([0, *sizes], device=choice.device).cumsum(0)
     splits = {}
     for k, r in enumerate(sb.relus):
         s = dom.splits[r].repeat(2, 1)
@@ -453,7 +460,7 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     cand = score.topk(k, dim=1).indices  # (N, k)
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
-    rep = dom.take(torch.arange(N).repeat(k))
+    rep = dom.take(torch.arange(N, device=cand.device).repeat(k))
     kids = _children(sb, rep, flat)
     with torch.no_grad():
         lower, _ = sb.run(kids.splits, kids.alpha, kids.beta)
@@ -467,7 +474,7 @@ def _vertices(sb: SpecBounds, taps: list[Tensor], value_rows: Tensor) -> Tensor:
     """Per domain, the input corner minimising the linear lower bound of row ``value_rows`` (N,)."""
     A = taps[-1]  # (N, S, *input)
     N = A.shape[0]
-    a = A[torch.arange(N), value_rows]
+    a = A[torch.arange(N, device=A.device), value_rows]
     xl = sb.x_lower.expand_as(a)
     xu = sb.x_upper.expand_as(a)
     return torch.where(a >= 0, xl, xu)
@@ -478,7 +485,7 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     """Exclude the open disjuncts (rows ``C·y > d`` grouped by ``rows``) on the box of ``sb`` by branch and
     bound.  ``falsify(xs)`` checks candidate inputs (N, *input) and returns a confirmed counterexample or
     ``None``.  Call :meth:`SpecBounds.set_root` and :meth:`SpecBounds.set_spec` first."""
-    problem = _Problem(d, rows, open_)
+    problem = _Problem(d, rows, open_, sb.device)
     root, taps, _ = optimise(sb, Domains.root(sb, ~open_), opts.root_iterations, opts, deadline)
     t0 = time.monotonic()
     count = 1
@@ -506,8 +513,9 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     try:
         while len(queue):
             if time.monotonic() > deadline:
-                return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
-                                 f"timeout with {len(queue)} open domains")
+                low = _global(problem, queue)
+                return BabResult(Verdict.UNKNOWN, None, count, low,
+                                 f"timeout with {len(queue)} open domains (worst margin {low:.4g})")
             if queue.nbytes() * 2 > opts.memory:
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
                                  f"{len(queue)} open domains exceed the memory budget")

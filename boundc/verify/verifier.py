@@ -39,7 +39,7 @@ from boundc.frontends.vnnlib import Spec, read_vnnlib
 from boundc.passes.graph.analysis import evaluate
 from boundc.passes.rules.engine import deadline as deadline_of_bounds
 from boundc.verify.attacks import pgd
-from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound
+from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound, cast_graph
 from boundc.verify.cascade import Stage, Verdict, run_cascade
 
 #: How far outside the input box a counterexample may lie (VNN-COMP's ``COUNTEREXAMPLE_ATOL``).
@@ -89,6 +89,7 @@ class VerifyOptions:
     batch: int = 512
     max_boxes: int = 200_000
     seed: int = 0
+    device: str = "cpu"
     bab: bool = True
     bab_options: BabOptions = field(default_factory=BabOptions)
     complete: bool = False
@@ -133,6 +134,19 @@ class VerifyResult:
         return "sat\n(" + "\n ".join(items) + ")\n"
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device (``"auto"``: CUDA when available); a clear error when it is not there."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise BoundcError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BoundcError(f"device {device!r} asked for, but this torch build sees no CUDA device")
+    return dev
+
+
 def resolve_method(method: str) -> str:
     """``method`` if registered, else the fallback (with a warning on stderr)."""
     available = boundc.methods()
@@ -147,12 +161,15 @@ def resolve_method(method: str) -> str:
 class VerifierModel:
     """An ONNX model compiled once for verification: bound net, concrete graph, onnxruntime session.
 
-    ``precision`` (a :class:`Precision` or its name) is the dtype the bound network runs in.
+    ``precision`` (a :class:`Precision` or its name) is the dtype the bound network runs in;
+    ``device`` where it runs (``"cpu"``, ``"cuda"``, ``"auto"``: CUDA when available).  Attacks
+    and the concrete forward run on the CPU.
     """
 
     path: str
     method: str
     precision: Precision = Precision.FLOAT64
+    device: str | torch.device = "cpu"
     bm: boundc.BoundModule = field(init=False)
 
     def __post_init__(self) -> None:
@@ -165,7 +182,11 @@ class VerifierModel:
         self.input_shape = tuple(self.bm.input_shape)
         self.num_inputs = int(np.prod(self.input_shape))
         self.num_outputs = int(np.prod(self.bm.output_shape)) if self.bm.output_shape else 1
-        self.bound_net = self.bm if self.precision is Precision.FLOAT32 else copy.deepcopy(self.bm).double()
+        self.device = resolve_device(self.device)
+        dtype = self.precision.dtype
+        bound_net = copy.deepcopy(self.bm)
+        bound_net.graph = cast_graph(self.graph, dtype, self.device)  # the IBP walk of intersect_node_bounds
+        self.bound_net = bound_net.to(dtype=dtype, device=self.device)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -180,7 +201,7 @@ class VerifierModel:
         """The β-CROWN bound program of branch and bound, built on first use (``None``: no ReLU to split)."""
         if self._spec_bounds is None:
             try:
-                self._spec_bounds = SpecBounds(self.graph, self.precision.dtype)
+                self._spec_bounds = SpecBounds(self.graph, self.precision.dtype, self.device)
             except BoundcError as err:
                 self._spec_bounds = err
         return None if isinstance(self._spec_bounds, BoundcError) else self._spec_bounds
@@ -202,9 +223,11 @@ class VerifierModel:
         dtype = self.precision.dtype
         if dtype == torch.float32:
             lo, hi = _f32_outside(lo, hi)
-        Cb = C.to(dtype).unsqueeze(0).expand(lo.shape[0], -1, -1)
+        dev = self.device
+        Cb = C.to(dtype=dtype, device=dev).unsqueeze(0).expand(lo.shape[0], -1, -1)
         with torch.no_grad():
-            low = self.bound_net(lo.to(dtype).reshape(shape), hi.to(dtype).reshape(shape), Cb)[0].double()
+            low = self.bound_net(lo.to(dtype=dtype, device=dev).reshape(shape), hi.to(dtype=dtype, device=dev).reshape(shape),
+                                 Cb)[0].double().cpu()
         if dtype == torch.float32:
             low = low - 1e-5 * (1 + low.abs())  # float32 bounds: keep a safety margin
         return low
@@ -317,7 +340,8 @@ class _Search:
             xl, xu = _f32_outside(xl, xu)
         dtype = self.m.precision.dtype
         with torch.no_grad():
-            bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype), xu.to(dtype))
+            bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype=dtype, device=self.m.device),
+                                           xu.to(dtype=dtype, device=self.m.device))
         sb.set_root(bounds, xl, xu)
         bo = self.opts.bab_options
         if bo.intermediate_iterations:
@@ -328,7 +352,7 @@ class _Search:
         def falsify(xs: Tensor) -> tuple | None:
             """Check the corners minimising the bounds; from the root's corner also run PGD."""
             lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
-            x = torch.minimum(torch.maximum(xs.reshape(xs.shape[0], -1).float(), lo32), hi32)
+            x = torch.minimum(torch.maximum(xs.reshape(xs.shape[0], -1).float().cpu(), lo32), hi32)
             cex = self.check_points(x)
             calls[0] += 1
             if cex is None and calls[0] == 1 and self.opts.steps:
@@ -393,7 +417,9 @@ class _Search:
         xl_b, xu_b = (xl, xu) if self.m.precision is Precision.FLOAT64 else _f32_outside(xl, xu)
         dtype = self.m.precision.dtype
         with torch.no_grad():
-            bounds = intersect_node_bounds([self.m.bound_net], xl_b.to(dtype), xu_b.to(dtype))
+            bounds = intersect_node_bounds([self.m.bound_net], xl_b.to(dtype=dtype, device=self.m.device),
+                                           xu_b.to(dtype=dtype, device=self.m.device))
+        bounds = {k: type(v)(v.lower.cpu(), v.upper.cpu()) for k, v in bounds.items()}  # the MILP reads numpy
         for d in torch.nonzero(open_).flatten().tolist():
             C, dv = self.spec.disjuncts[d]
             left = self.deadline - time.monotonic()
@@ -459,7 +485,7 @@ def verify(model: VerifierModel | str | os.PathLike, prop: str | os.PathLike,
     opts = opts or VerifyOptions()
     t0 = time.monotonic()
     if not isinstance(model, VerifierModel):
-        model = VerifierModel(os.fspath(model), opts.method, opts.precision)
+        model = VerifierModel(os.fspath(model), opts.method, opts.precision, opts.device)
     n_in, n_out, specs = read_vnnlib(prop)
     model.check_property(n_in, n_out, os.fspath(prop))
     deadline = t0 + opts.timeout
