@@ -85,7 +85,7 @@ def test_only_the_current_model_is_kept(monkeypatch):
     built = []
 
     class Fake:
-        def __init__(self, path, method):
+        def __init__(self, path, method, precision="float64", device="cpu"):
             built.append(path)
 
     monkeypatch.setattr(verifier, "VerifierModel", Fake)
