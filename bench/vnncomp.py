@@ -295,11 +295,11 @@ def cpu_info() -> str:
 def run_one(bench: str, args: argparse.Namespace, threads: int, shard: tuple[int, int] = (0, 1)) -> dict:
     """Run one benchmark (or shard ``k/n`` of it) in a subprocess; write its CSV, ``.log`` and ``.json``
     (``<bench>.csv`` or ``<bench>.shard-k.csv``, ...); return the run record."""
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir).resolve()
     name = bench if shard[1] == 1 else f"{bench}.shard-{shard[0]}"
     out_csv = out_dir / f"{name}.csv"
-    extra = ["--device", args.device, "--precision", args.precision]
-    cmd = verify_command(bench, Path(args.root), out_csv, args.method, args.timeout_cap, args.limit,
+    extra = ["--device", args.device, "--precision", args.precision, *args.verify_args.split()]
+    cmd = verify_command(bench, Path(args.root).resolve(), out_csv, args.method, args.timeout_cap, args.limit,
                          args.complete, args.seed, shard, extra)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     record = {"benchmark": bench, "command": " ".join(cmd[1:]), "method": args.method or "default",
@@ -308,7 +308,8 @@ def run_one(bench: str, args: argparse.Namespace, threads: int, shard: tuple[int
     print(f"[{name}] start: {' '.join(cmd[1:])}", flush=True)
     t0 = time.monotonic()
     with open(out_dir / f"{name}.log", "w") as log:
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        # run outside the repository: ``python -m boundc`` then imports the installed package, not ./boundc
+        rc = subprocess.run(cmd, cwd=out_dir, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     record.update(rc=rc, wall_s=round(time.monotonic() - t0, 1), device=args.device, precision=args.precision,
                   shards=shard[1])
     (out_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -399,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="boundc verify --device (cpu, cuda, auto)")
     ap.add_argument("--precision", default="float64", choices=["float64", "float32"],
                     help="boundc verify --precision")
+    ap.add_argument("--verify-args", default="", help="more boundc verify flags, e.g. '--batch 4096 --bab-batch 1024'")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch/OpenMP threads per process (default: $OMP_NUM_THREADS, else cores / jobs)")
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT), help="where the per-benchmark CSVs, logs and JSON go")

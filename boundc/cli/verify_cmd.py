@@ -77,6 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dtype of the bounds (float32: faster, with a safety margin on every bound)")
     p.add_argument("--branching", default="fsb", choices=["fsb", "babsr"],
                    help="branch-and-bound neuron choice: filtered smart branching or the BaBSR score alone")
+    p.add_argument("--batch", type=positive_int, default=512, help="input boxes bounded per call (input splitting)")
+    p.add_argument("--bab-batch", type=positive_int, default=128, help="branch-and-bound domains split per round")
     p.add_argument("--no-bab", dest="bab", action="store_false",
                    help="no branch and bound on ReLU splits for inputs too large to split")
     p.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
@@ -124,8 +126,9 @@ def verify_options(args: argparse.Namespace, timeout: float) -> Any:
     from boundc.verify.bab import BabOptions, Branching
 
     return VerifyOptions(method=args.method, timeout=timeout, complete=args.complete, seed=args.seed,
-                         precision=args.precision, device=args.device, bab=args.bab,
-                         bab_options=BabOptions(branching=Branching(args.branching), progress=args.progress))
+                         precision=args.precision, device=args.device, bab=args.bab, batch=args.batch,
+                         bab_options=BabOptions(branching=Branching(args.branching), progress=args.progress,
+                                                batch=args.bab_batch))
 
 
 # ---------------------------------------------------------------- benchmarks (--instances)
