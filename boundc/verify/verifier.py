@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,9 +43,6 @@ from boundc.verify.cascade import Stage, Verdict, run_cascade
 
 #: How far outside the input box a counterexample may lie (VNN-COMP's ``COUNTEREXAMPLE_ATOL``).
 CEX_INPUT_ATOL = 1e-4
-
-#: Bound methods in order of preference when the requested one is missing.
-FALLBACK = "ibp"
 
 
 class Precision(str, Enum):
@@ -148,13 +144,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_method(method: str) -> str:
-    """``method`` if registered, else the fallback (with a warning on stderr)."""
+    """``method`` if registered, else a :class:`~boundc.errors.BoundcError` listing the methods."""
     available = boundc.methods()
     if method in available:
         return method
-    print(f"boundc: method {method!r} is not available (have {', '.join(available)}); using {FALLBACK!r}",
-          file=sys.stderr)
-    return FALLBACK
+    raise BoundcError(f"unknown bound method {method!r}; available: {', '.join(available)}")
 
 
 @dataclass
