@@ -185,7 +185,7 @@ def _module(em: Emitter, base: str, mod: fx.GraphModule) -> fx.Node:
 ROW_BUDGET = 1 << 25
 
 
-def _kinks(g: Graph, name: str) -> tuple[float, ...] | None:
+def user_kinks(g: Graph, name: str) -> tuple[float, ...] | None:
     """Break points of the piecewise-linear users of ``name`` (``None`` when a user is curved)."""
     kinks: set[float] = set()
     for n in g:
@@ -209,7 +209,7 @@ def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interva
     walk, names, bmap, _ = build_walk(g, p.root, mode, form=form)
     wnode = _module(em, "walk_" + _ident(p.node), walk)
     widest = max(math.prod(g[a].shape[1:]) for a in ancestors(g, p.root))
-    kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=_kinks(g, p.node),
+    kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=user_kinks(g, p.node),
               row_elems=widest // (8 if form is PATCHES else 1), budget=options.linear.chunk_budget or ROW_BUDGET,
               intersect=options.linear.intersect_ibp, progress=f"bounds {p.node}" if options.linear.progress else None)
     if start is engine.Start.LINEAR:
@@ -316,4 +316,4 @@ def forward(em: Emitter, options: CompileOptions) -> tuple[fx.Node, fx.Node]:
     return fw.emit_forward(em, options)
 
 
-__all__ = ["backward_method", "build_walk", "emit_intermediate", "emit_start", "emit_walk"]
+__all__ = ["add_split_terms", "backward_method", "build_walk", "emit_intermediate", "emit_start", "emit_walk", "user_kinks"]

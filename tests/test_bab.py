@@ -155,3 +155,31 @@ def test_timeout_holds_inside_branch_and_bound(tmp_path) -> None:
         assert res.status == "unknown", res.detail
         assert "timeout" in res.detail and "domains" in res.detail, res.detail
         assert timeout - 0.5 <= took <= timeout + 1.0, (took, res.detail)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid])
+def test_tightened_intermediate_bounds_are_sound_and_never_looser(act) -> None:
+    """α-CROWN on the root's intermediate bounds keeps every sampled pre-activation inside, and shrinks
+    some interval without widening any."""
+    from boundc.passes.graph.analysis import evaluate
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 24), act(), nn.Linear(24, 24), act(), nn.Linear(24, 24), act(),
+                          nn.Linear(24, 3)).double().eval()
+    x = torch.rand(1, 8, dtype=torch.float64)
+    bm, bounds, sb, xl, xu = _setup(model, x, 0.3)
+    before = {k: (v.lower.clone(), v.upper.clone()) for k, v in sb.root_bounds.items()}
+    sb.tighten(30, 0.4, time.monotonic() + 60)
+    gen = torch.Generator().manual_seed(0)
+    xs = xl + (xu - xl) * torch.rand((4000, 8), generator=gen, dtype=torch.float64)
+    xs[:500] = torch.where(torch.rand((500, 8), generator=gen) < 0.5, xl, xu)  # vertices
+    with torch.no_grad():
+        values = evaluate(bm.graph, xs)
+    shrunk = 0.0
+    for k, b in sb.root_bounds.items():
+        v = values[k].flatten(1)
+        lo, up = b.lower.flatten(1), b.upper.flatten(1)
+        assert torch.all(v >= lo - 1e-9) and torch.all(v <= up + 1e-9), k
+        assert torch.all(lo >= before[k][0].flatten(1)) and torch.all(up <= before[k][1].flatten(1)), k
+        shrunk += float(((before[k][1] - before[k][0]) - (b.upper - b.lower)).sum())
+    assert shrunk > 1e-3, shrunk

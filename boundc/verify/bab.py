@@ -38,10 +38,11 @@ from tqdm.auto import tqdm
 from boundc.codegen import Emitter
 from boundc.errors import BoundcError
 from boundc.ir import Graph
-from boundc.methods_linear import build_walk, emit_start
+from boundc.methods_linear import build_walk, emit_start, user_kinks
 from boundc.passes.graph.planning import ancestors
 from boundc.passes.graph.spec import attach_spec
 from boundc.passes.rules.backward import Coeffs
+from boundc.passes.rules.engine import undecided
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.ops import OPS
 from boundc.verify.cascade import Verdict
@@ -117,9 +118,7 @@ class SpecBounds:
         root, start, _ = emit_start(em)
         self._start = em.finish(start, start)
         on_path = set(ancestors(g, root))
-        self.relus = [r for r in splittable(g) if r in on_path]
-        if not self.relus:
-            raise BoundcError("branch and bound needs a ReLU on the path to the output; this network has none")
+        self.relus = [r for r in splittable(g) if r in on_path]  # none: the root bound alone (no branching)
         self.pre = {r: g[r].inputs[0] for r in self.relus}
         self.shapes = {r: tuple(g[r].shape[1:]) for r in self.relus}
         self.input = g.input.name
@@ -152,34 +151,42 @@ class SpecBounds:
         self.start = Coeffs(start.lA, start.uA[:, :0], start.lb, start.ub[:, :0])
         self.S = C.shape[0]
 
-    def tighten(self, iterations: int, lr: float, deadline: float, budget: int = 1 << 24) -> int:
-        """α-CROWN on the root's intermediate bounds: in topological order, re-bound the unstable inputs
-        of every ReLU by a backward pass from that node with its own optimised α (lower and upper rows
-        apart, best value per row kept), and intersect with the known bounds, so every later pass sees
-        the tighter ones.  Stops at ``deadline``; returns how many neurons became stable."""
-        stable = 0
-        for r in self.relus:
-            p = self.pre[r]
+    def tighten(self, iterations: int, lr: float, deadline: float, budget: int = 1 << 24,
+                max_rows: int = 4096) -> int:
+        """α-CROWN on the root's intermediate bounds: in topological order, re-bound the neurons of every
+        node the final pass reads bounds of (inputs of activations) whose relaxation a tighter bound can
+        change (:func:`~boundc.passes.rules.engine.undecided`), by a backward pass from that node with its
+        own optimised α (lower and upper rows apart, best value per row kept), and intersect with the
+        known bounds, so every later pass sees the tighter ones.  Nodes with more than ``max_rows`` such
+        neurons keep their bounds (too costly).  Stops at ``deadline``; returns how many neurons a kink no
+        longer splits."""
+        decided = 0
+        for p in [n.name for n in self.g if n.name in self.root_bounds]:
             b = self.root_bounds[p]
-            lo, up = b.lower.flatten(1)[0].clone(), b.upper.flatten(1)[0].clone()
-            idx = torch.nonzero((lo < 0) & (up > 0)).flatten()
+            kinks = user_kinks(self.g, p)
+            todo = undecided(b, kinks)[0]
+            idx = torch.nonzero(todo).flatten()
+            if not idx.numel() or idx.numel() > max_rows:
+                continue
             if p not in self._walks:
                 self._walks[p] = build_walk(self.g, p, "crown", with_alpha=True)
             walk, names, bmap, amap = self._walks[p]
-            if not idx.numel() or not amap:  # nothing to tighten, or no relaxation before the node
+            if not amap:  # no relaxation before the node: CROWN's bound is already exact for the box
                 continue
+            lo, up = b.lower.flatten(1)[0].clone(), b.upper.flatten(1)[0].clone()
             shape = tuple(self.g[p].shape[1:])
             widest = max(math.prod(self.g[a].shape[1:]) for a in ancestors(self.g, p))
             rows = max(1, budget // widest)
             for s0 in range(0, idx.numel(), rows):
                 if time.monotonic() > deadline:
-                    return stable
+                    return decided
                 part = idx[s0:s0 + rows]
                 low, upp = self._tighten_rows(walk, names, bmap, amap, shape, part, iterations, lr, deadline)
                 lo[part], up[part] = torch.maximum(lo[part], low), torch.minimum(up[part], upp)
-            stable += int(((lo >= 0) | (up <= 0))[idx].sum())
             self.root_bounds[p] = Interval(lo.reshape(b.lower.shape), up.reshape(b.upper.shape))
-        return stable
+            if kinks is not None:
+                decided += int(todo.sum()) - int(undecided(self.root_bounds[p], kinks)[0].sum())
+        return decided
 
     def _tighten_rows(self, walk, names, bmap, amap, shape, idx: Tensor, iterations: int, lr: float,
                       deadline: float) -> tuple[Tensor, Tensor]:
@@ -236,7 +243,7 @@ class SpecBounds:
 
     def domain_bounds(self, splits: dict[str, Tensor]) -> dict[str, Interval]:
         """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits."""
-        N = next(iter(splits.values())).shape[0]
+        N = _count(splits)
         out = {}
         for node, b in self.root_bounds.items():
             out[node] = Interval(b.lower.expand((N,) + b.lower.shape[1:]), b.upper.expand((N,) + b.upper.shape[1:]))
@@ -252,7 +259,7 @@ class SpecBounds:
             bounds: dict[str, Interval] | None = None) -> tuple[Tensor, list[Tensor]]:
         """One backward pass: lower bounds (N, S) and the tapped lower coefficients (per ReLU output, then
         the input).  ``beta``: β >= 0 per split ReLU, (N, S, n); the sign comes from the splits."""
-        N = next(iter(splits.values())).shape[0]
+        N = _count(splits)
         bounds = self.domain_bounds(splits) if bounds is None else bounds
         args: dict[str, object] = {
             "start": Coeffs(*(t.expand((N,) + t.shape[1:]) for t in self.start)),
@@ -277,6 +284,11 @@ class SpecBounds:
             lo, up = b.lower.flatten(1), b.upper.flatten(1)
             out[r] = (lo < 0) & (up > 0) & (splits[r] == 0)
         return out
+
+
+def _count(splits: dict[str, Tensor]) -> int:
+    """The number of domains of a batch (one when nothing can be split: the root)."""
+    return next(iter(splits.values())).shape[0] if splits else 1
 
 
 def cast_graph(g: Graph, dtype: torch.dtype, device: torch.device | str = "cpu") -> Graph:
@@ -371,8 +383,9 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
     for k, v in alpha.items():
         spec = OPS[sb.g[sb.alphas[k]].op].relaxation.alpha
         groups.append({"params": [v], "lr": opts.lr_alpha * spec.lr_scale})
-    groups.append({"params": list(beta.values()), "lr": opts.lr_beta})
-    opt = torch.optim.Adam(groups)
+    if beta:
+        groups.append({"params": list(beta.values()), "lr": opts.lr_beta})
+    opt = torch.optim.Adam(groups) if groups else None
     best = dom.lower.clone()
     best_a = {k: v.detach().clone() for k, v in dom.alpha.items()}
     best_b = {k: v.detach().clone() for k, v in dom.beta.items()}
@@ -392,7 +405,7 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
                 best_a[k] = torch.where(m, v.detach(), best_a[k])
             for k, v in beta.items():
                 best_b[k] = torch.where(better.unsqueeze(-1), v.detach(), best_b[k])
-            if it == iterations or time.monotonic() > deadline:
+            if it == iterations or opt is None or time.monotonic() > deadline:
                 break
             opt.zero_grad()
             (-lower.sum()).backward()
@@ -509,6 +522,10 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     queue, cex = settle(root, taps)
     if cex is not None:
         return BabResult(Verdict.FALSIFIED, cex, count, float("-inf"), "counterexample at a root vertex")
+    if len(queue) and not sb.relus:
+        low = _global(problem, queue)
+        return BabResult(Verdict.UNKNOWN, None, count, low, f"no ReLU to branch on (optimised root bound: worst "
+                                                             f"margin {low:.4g})")
     bar = tqdm(desc="branch and bound", unit="dom", disable=None if opts.progress else True, leave=False)
     try:
         while len(queue):

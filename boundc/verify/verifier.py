@@ -192,7 +192,8 @@ class VerifierModel:
         self._spec_bounds: SpecBounds | None | BoundcError = None
 
     def spec_bounds(self) -> SpecBounds | None:
-        """The β-CROWN bound program of branch and bound, built on first use (``None``: no ReLU to split)."""
+        """The β-CROWN bound program of branch and bound, built on first use (``None``: the network has no
+        rule for it)."""
         if self._spec_bounds is None:
             try:
                 self._spec_bounds = SpecBounds(self.graph, self.precision.dtype, self.device)
@@ -327,7 +328,7 @@ class _Search:
 
         sb = self.m.spec_bounds()
         if sb is None:
-            return Verdict.UNKNOWN, None, "no ReLU to branch on"
+            return Verdict.UNKNOWN, None, "no branch and bound for this network"
         shape = (1, *self.m.input_shape)
         xl, xu = lo.reshape(shape), hi.reshape(shape)
         if self.m.precision is not Precision.FLOAT64:
