@@ -152,3 +152,45 @@ def test_counterexample_at_a_pinned_input_float32_cannot_represent_is_accepted(t
     lines[-1] = f"(assert (<= Y_0 {float(y0[0]) - 0.01!r}))"
     prop.write_text("\n".join(lines))
     assert verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=20)).status == "unsat"
+
+
+def test_model_with_several_inputs_and_outputs(tmp_path):
+    """X_i run over the inputs flattened in order, Y_j over the outputs; onnxruntime is fed each input."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    W1 = rng.normal(0, 0.5, (4, 5)).astype(np.float32)
+    W2 = rng.normal(0, 0.5, (3, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2"),
+             numpy_helper.from_array(np.array([2, 1], dtype=np.int64), "sizes")]
+    nodes = [helper.make_node("Concat", ["A", "B"], ["AB"], axis=1),
+             helper.make_node("Gemm", ["AB", "W1"], ["H"], transB=1),
+             helper.make_node("Relu", ["H"], ["R"]),
+             helper.make_node("Gemm", ["R", "W2"], ["Y"], transB=1),
+             helper.make_node("Split", ["Y", "sizes"], ["Y1", "Y2"], axis=1)]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, 3]),
+                                             helper.make_tensor_value_info("B", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("Y1", TensorProto.FLOAT, [1, 2]),
+                               helper.make_tensor_value_info("Y2", TensorProto.FLOAT, [1, 1])], inits)
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+
+    def forward(x):
+        return np.maximum(x @ W1.T, 0) @ W2.T
+
+    x0 = np.array([0.1, -0.2, 0.3, 0.4, -0.5])
+    eps = 0.05
+    ys = forward(x0 + eps * rng.uniform(-1, 1, (20000, 5)))
+    for threshold, expect in ((float(ys[:, 2].min()) - 0.05, "unsat"), (float(ys[:, 2].max()) - 1e-3, "sat")):
+        lines = [f"(declare-const X_{i} Real)" for i in range(5)] + [f"(declare-const Y_{j} Real)" for j in range(3)]
+        for i, v in enumerate(x0):
+            lines += [f"(assert (>= X_{i} {float(v - eps)!r}))", f"(assert (<= X_{i} {float(v + eps)!r}))"]
+        lines.append(f"(assert (<= Y_2 {threshold!r}))")  # Y_2: the second output's only entry
+        prop = tmp_path / "p.vnnlib"
+        prop.write_text("\n".join(lines))
+        res = verify(str(path), prop, VerifyOptions(timeout=20))
+        assert res.status == expect, (threshold, res.detail)
+        if expect == "sat":
+            x, y = res.counterexample
+            assert np.allclose(y, forward(x.astype(np.float64)), atol=1e-4) and y[2] <= threshold

@@ -185,9 +185,16 @@ class VerifierModel:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         self.sess = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
-        inp = self.sess.get_inputs()[0]
-        self.ort_name = inp.name
-        self.ort_batched = len(inp.shape) == len(self.input_shape) + 1
+        # every graph input with its shape (symbolic dimensions such as a batch read 1); VNN-LIB's X_i run
+        # over the inputs flattened and concatenated in this order, as the frontend lowers them
+        self.ort_inputs = [(i.name, [d if isinstance(d, int) and d > 0 else 1 for d in i.shape])
+                           for i in self.sess.get_inputs()]
+        sizes = [int(np.prod(s)) for _, s in self.ort_inputs]
+        if sum(sizes) != self.num_inputs:
+            if len(sizes) != 1:
+                raise BoundcError(f"{self.path}: the inputs' sizes {sizes} do not add up to the {self.num_inputs} "
+                                  "inputs boundc lowered")
+            self.ort_inputs = [(self.ort_inputs[0][0], [1, *self.input_shape])]
         self.milp = None  # the MILP encoding, built on first use (VerifyOptions.complete)
         self._spec_bounds: SpecBounds | None | BoundcError = None
 
@@ -228,10 +235,15 @@ class VerifierModel:
         return low
 
     def ort(self, x: np.ndarray) -> np.ndarray:
-        """onnxruntime's output for one flat input."""
-        shape = ((1,) if self.ort_batched else ()) + self.input_shape
-        y = self.sess.run(None, {self.ort_name: x.astype(np.float32).reshape(shape)})[0]
-        return np.asarray(y, dtype=np.float64).reshape(-1)
+        """onnxruntime's outputs, flattened and concatenated, for one flat input (split over the model's inputs)."""
+        feeds, k = {}, 0
+        x = x.astype(np.float32).reshape(-1)
+        for name, shape in self.ort_inputs:
+            n = int(np.prod(shape))
+            feeds[name] = x[k:k + n].reshape(shape)
+            k += n
+        ys = self.sess.run(None, feeds)
+        return np.concatenate([np.asarray(y, dtype=np.float64).reshape(-1) for y in ys])
 
 
 def _f32_inside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
