@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import Enum
+
+from boundc.errors import BoundcError
+
+
+class Kernels(str, Enum):
+    """Which implementation the interval rules of linear and conv use."""
+
+    AUTO = "auto"      # Triton kernels for CUDA tensors when Triton is available, else torch
+    TORCH = "torch"    # always the pure-torch rules
+    TRITON = "triton"  # insist on the kernels (an error where they cannot run)
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -43,12 +56,18 @@ class CompileOptions:
             ``lower <= upper``); turn off inside tight training loops on GPU to
             avoid host synchronisation.
         elide_last_layer: fold the spec ``C`` into a trailing linear layer.
-        kernels: ``"auto"`` uses Triton kernels for CUDA tensors when available,
-            ``"torch"`` always the pure-torch rules, ``"triton"`` insists on kernels.
+        kernels: a :class:`Kernels` (or its name): ``auto`` uses Triton kernels for CUDA
+            tensors when available, ``torch`` always the pure-torch rules, ``triton`` insists on kernels.
         linear: options of the linear-relaxation methods (:class:`LinearOptions`).
     """
 
     check_inputs: bool = True
     elide_last_layer: bool = True
-    kernels: Literal["auto", "torch", "triton"] = "auto"
+    kernels: Kernels = Kernels.AUTO
     linear: LinearOptions = field(default_factory=LinearOptions)
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kernels", Kernels(self.kernels))
+        except ValueError:
+            raise BoundcError(f"kernels must be one of {[k.value for k in Kernels]}, got {self.kernels!r}") from None

@@ -46,10 +46,10 @@ def fuse_relu_affine(g: Graph, kernels: str = "auto") -> Graph:
                 n.inputs = (src.inputs[0], *n.inputs[1:])
             n.attrs["relu_input"] = True
             changed = True
-    if kernels != "auto":
+    if str(kernels) != "auto":
         for n in g:
             if has(n.op, "relu_prologue") and n.perturbed:
-                n.attrs["backend"] = kernels
+                n.attrs["backend"] = str(kernels)  # a plain string: it is printed into the generated code
     if changed:
         g.remove_dead()
     return g
