@@ -100,7 +100,7 @@ class BabResult:
 
 
 def splittable(g: Graph) -> list[str]:
-    """The ReLU nodes of ``g`` branch and bound may split (perturbed ones on the path to the output)."""
+    """The ReLU nodes of ``g`` branch and bound may split (the perturbed ones)."""
     return [n.name for n in g if n.op == "relu" and n.perturbed]
 
 
@@ -375,7 +375,8 @@ class _Problem:
 def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, deadline: float
              ) -> tuple[Domains, list[Tensor], dict[str, Interval]]:
     """Optimise α and β of a batch with Adam, keeping per row the best bound seen (never worse than the
-    bound at the starting parameters).  Returns the improved domains, the taps and the domain bounds."""
+    bound at the starting parameters, nor than ``dom.lower``, e.g. the parent's bound).  Returns the
+    improved domains, the taps and the domain bounds."""
     bounds = sb.domain_bounds(dom.splits)
     alpha = {k: v.clone().requires_grad_(True) for k, v in dom.alpha.items()}
     beta = {k: v.clone().requires_grad_(True) for k, v in dom.beta.items()}
@@ -395,9 +396,9 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
             lower, taps = sb.run(dom.splits, alpha, beta, bounds)
             low = lower.detach()
             better = low > best
-            if it == 0:
+            if it == 0:  # a parent's bound holds on its children too: never report less
                 better = torch.ones_like(better)
-                best = low.clone()
+                best = torch.maximum(dom.lower, low)
             else:
                 best = torch.maximum(best, low)
             for k, v in alpha.items():
