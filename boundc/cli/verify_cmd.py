@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return run_instances(args)
     if not args.model or not args.prop:
         raise BoundcError("give MODEL.onnx PROP.vnnlib, or --instances DIR/instances.csv")
+    if args.shard is not None:
+        raise BoundcError("--shard K/N selects instances of --instances; a single property has none to select")
     from boundc.verify import verify
 
     opts = verify_options(args, args.timeout or 60.0)
@@ -257,31 +259,34 @@ class LastModel:
         _free_memory()
 
 
-def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, method: str, *,
-                      timeout_cap: float | None = None, limit: int | None = None, seed: int = 0,
-                      complete: bool = False, show_progress: bool = True, debug: bool = False,
-                      options: Any = None, shard: tuple[int, int] | None = None) -> Counter:
-    """Run every instance of a benchmark and write the results CSV (:data:`RESULT_COLUMNS`).
+def select_instances(csv_path: str | os.PathLike, limit: int | None = None,
+                     shard: tuple[int, int] | None = None) -> list[Instance]:
+    """The rows of ``instances.csv`` to run: the first ``limit``, then (``shard = (k, n)``) those whose
+    index is ``k`` modulo ``n``."""
+    rows = read_instances(csv_path, limit)
+    return rows[shard[0]::shard[1]] if shard is not None else rows
 
-    ``options``: a :class:`~boundc.verify.VerifyOptions` template (its timeout is replaced per
-    instance; default: ``method``, ``seed`` and ``complete``); ``shard = (k, n)``: only the
-    instances whose index (in ``instances.csv``, after ``limit``) is ``k`` modulo ``n``.
 
-    Instances run grouped by ONNX model, compiling each model once and keeping only the
-    current one.  A failure of one instance (bad input, out of memory, or an internal error
-    when ``debug`` is False) is a row with result ``error`` and its one-line message; the
-    run goes on.  Returns the count of each result, plus ``unsound`` (wrong definite answers
-    against ``known_results.csv``).
+def run_instances_csv(csv_path: str | os.PathLike, out: str | os.PathLike, options: Any, *,
+                      timeout_cap: float | None = None, limit: int | None = None,
+                      shard: tuple[int, int] | None = None, show_progress: bool = True,
+                      debug: bool = False) -> Counter:
+    """Run the instances of a benchmark (:func:`select_instances`) and write the results CSV
+    (:data:`RESULT_COLUMNS`).
+
+    ``options``: the :class:`~boundc.verify.VerifyOptions` of every instance (its timeout is replaced
+    by the row's, capped at ``timeout_cap``).  Instances run grouped by ONNX model, compiling each
+    model once and keeping only the current one.  A failure of one instance (bad input, out of
+    memory, or an internal error when ``debug`` is False) is a row with result ``error`` and its
+    one-line message; the run goes on.  Returns the count of each result, plus ``unsound`` (wrong
+    definite answers against ``known_results.csv``).
     """
-    from boundc.verify import VerifyOptions, verify
+    from boundc.verify import verify
 
     csv_path = Path(csv_path)
     root = csv_path.parent
-    rows = read_instances(csv_path, limit)
-    if shard is not None:
-        rows = rows[shard[0]::shard[1]]
-    if options is None:
-        options = VerifyOptions(method=method, complete=complete, seed=seed)
+    method = options.method
+    rows = select_instances(csv_path, limit, shard)
     order = {}
     for inst in rows:
         order.setdefault(inst.onnx, len(order))
@@ -348,12 +353,11 @@ def run_instances(args: argparse.Namespace) -> int:
     """Every instance of a benchmark with a progress bar; writes a results CSV and prints a summary."""
     csv_path = Path(args.instances)
     out = Path(args.out or f"{csv_path.parent.name}_{args.method}_results.csv")
-    n = len(read_instances(csv_path, args.limit)[slice(*(args.shard[0], None, args.shard[1]) if args.shard
-                                                        else (None,))])
+    n = len(select_instances(csv_path, args.limit, args.shard))
     note(f"{n} instances of {csv_path.parent.name} with {args.method!r}; results -> {out}")
-    counts = run_instances_csv(csv_path, out, args.method, timeout_cap=args.timeout, limit=args.limit,
-                               show_progress=args.progress, debug=bool(getattr(args, "debug", False)),
-                               options=verify_options(args, DEFAULT_ROW_TIMEOUT), shard=args.shard)
+    counts = run_instances_csv(csv_path, out, verify_options(args, DEFAULT_ROW_TIMEOUT), timeout_cap=args.timeout,
+                               limit=args.limit, shard=args.shard, show_progress=args.progress,
+                               debug=bool(getattr(args, "debug", False)))
     times: dict[str, float] = {}
     with open(out, newline="") as fh:
         for r in csv.DictReader(fh):

@@ -67,7 +67,7 @@ class BabOptions:
         iterations: Adam steps on α and β per round.
         root_iterations: Adam steps on α at the root (the α-CROWN bound).
         intermediate_iterations: Adam steps on α for the root's intermediate bounds
-            (:meth:`SpecBounds.tighten`; 0: keep CROWN's).
+            (:meth:`SpecBounds.tighten`; 0: keep CROWN's); ``lr_intermediate`` their learning rate.
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds.
@@ -79,6 +79,7 @@ class BabOptions:
     iterations: int = 8
     root_iterations: int = 40
     intermediate_iterations: int = 20
+    lr_intermediate: float = 0.4
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     branching: Branching = Branching.FSB
@@ -89,7 +90,7 @@ class BabOptions:
 
 @dataclass
 class BabResult:
-    """Outcome of :func:`branch_and_bound`: ``verdict``, a candidate counterexample (flat input) when one
+    """Outcome of :func:`branch_and_bound`: ``verdict``, what ``falsify`` returned for a counterexample when one
     was confirmed, the number of domains bounded, the final global lower bound and why it stopped."""
 
     verdict: Verdict
@@ -199,17 +200,11 @@ class SpecBounds:
         args: dict[str, object] = {"start": Coeffs(A, A, zero, zero), "x_lower": self.x_lower, "x_upper": self.x_upper}
         for ph, node in bmap.items():
             args[ph] = self.root_bounds[node]
-        params, groups, projections = {}, [], {}
+        params = {}
         for ph, node in amap.items():
-            n = self.g[node]
-            spec = OPS[n.op].relaxation.alpha
-            b = self.root_bounds[n.inputs[0]]
-            a = spec.init(b.lower, b.upper, **n.attrs)
-            a = a.unsqueeze(2).expand(a.shape[:2] + (R,) + a.shape[2:])
-            params[ph] = (a.clone().requires_grad_(True), a.clone().requires_grad_(True))
-            groups.append({"params": list(params[ph]), "lr": lr * spec.lr_scale})
-            if spec.project is not None:
-                projections[ph] = (spec.project, b.lower.unsqueeze(1), b.upper.unsqueeze(1), n.attrs)
+            a = self.crown_alpha(node, self.root_bounds, R)
+            params[ph] = (a.clone().requires_grad_(True), a.requires_grad_(True))
+        groups = [{"params": list(pair), "lr": lr * self.lr_scale(amap[ph])} for ph, pair in params.items()]
         opt = torch.optim.Adam(groups)
         best_l = torch.full((R,), float("-inf"), dtype=d, device=idx.device)
         best_u = torch.full((R,), float("inf"), dtype=d, device=idx.device)
@@ -224,22 +219,35 @@ class SpecBounds:
                 opt.zero_grad()
                 (upper.sum() - lower.sum()).backward()
                 opt.step()
-                with torch.no_grad():
-                    for ph, (fn, lo_b, up_b, attrs) in projections.items():
-                        for t in params[ph]:
-                            t.copy_(fn(t, lo_b, up_b, **attrs))
+                for ph, pair in params.items():
+                    for t in pair:
+                        self.project(amap[ph], t, self.root_bounds)
         return best_l, best_u
 
     def alpha_init(self) -> dict[str, Tensor]:
         """CROWN's α for one domain (the root), ``(k, 1, S, *shape)`` per α placeholder."""
-        out = {}
-        for name, node in self.alphas.items():
-            n = self.g[node]
-            spec = OPS[n.op].relaxation.alpha
-            b = self.root_bounds[n.inputs[0]]
-            a = spec.init(b.lower, b.upper, **n.attrs)
-            out[name] = a.unsqueeze(2).expand(a.shape[:2] + (self.S,) + a.shape[2:]).clone()
-        return out
+        return {name: self.crown_alpha(node, self.root_bounds, self.S) for name, node in self.alphas.items()}
+
+    def crown_alpha(self, node: str, bounds: dict[str, Interval], rows: int) -> Tensor:
+        """CROWN's choice of the free parameters of activation ``node`` (its :class:`AlphaSpec`) under
+        ``bounds``, for ``rows`` bounded rows: ``(k, N, rows, *shape)``."""
+        n = self.g[node]
+        b = bounds[n.inputs[0]]
+        a = OPS[n.op].relaxation.alpha.init(b.lower, b.upper, **n.attrs)
+        return a.unsqueeze(2).expand(a.shape[:2] + (rows,) + a.shape[2:]).clone()
+
+    def lr_scale(self, node: str) -> float:
+        """The learning-rate factor of activation ``node``'s parameters (its :class:`AlphaSpec`)."""
+        return OPS[self.g[node].op].relaxation.alpha.lr_scale
+
+    @torch.no_grad()
+    def project(self, node: str, alpha: Tensor, bounds: dict[str, Interval]) -> None:
+        """Map ``alpha`` of activation ``node`` back into its useful range in place (``AlphaSpec.project``)."""
+        n = self.g[node]
+        fn = OPS[n.op].relaxation.alpha.project
+        if fn is not None:
+            b = bounds[n.inputs[0]]
+            alpha.copy_(fn(alpha, b.lower.unsqueeze(1), b.upper.unsqueeze(1), **n.attrs))
 
     def domain_bounds(self, splits: dict[str, Tensor]) -> dict[str, Interval]:
         """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits."""
@@ -380,10 +388,7 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
     bounds = sb.domain_bounds(dom.splits)
     alpha = {k: v.clone().requires_grad_(True) for k, v in dom.alpha.items()}
     beta = {k: v.clone().requires_grad_(True) for k, v in dom.beta.items()}
-    groups = []
-    for k, v in alpha.items():
-        spec = OPS[sb.g[sb.alphas[k]].op].relaxation.alpha
-        groups.append({"params": [v], "lr": opts.lr_alpha * spec.lr_scale})
+    groups = [{"params": [v], "lr": opts.lr_alpha * sb.lr_scale(sb.alphas[k])} for k, v in alpha.items()]
     if beta:
         groups.append({"params": list(beta.values()), "lr": opts.lr_beta})
     opt = torch.optim.Adam(groups) if groups else None
@@ -411,13 +416,9 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
             opt.zero_grad()
             (-lower.sum()).backward()
             opt.step()
+            for k, v in alpha.items():
+                sb.project(sb.alphas[k], v, bounds)
             with torch.no_grad():
-                for k, v in alpha.items():
-                    n = sb.g[sb.alphas[k]]
-                    spec = OPS[n.op].relaxation.alpha
-                    if spec.project is not None:
-                        b = bounds[n.inputs[0]]
-                        v.copy_(spec.project(v, b.lower.unsqueeze(1), b.upper.unsqueeze(1), **n.attrs))
                 for v in beta.values():
                     v.clamp_(min=0)
     taps = [t.detach() for t in taps]

@@ -352,20 +352,18 @@ class _Search:
         sb.set_root(bounds, xl, xu)
         bo = self.opts.bab_options
         if bo.intermediate_iterations:
-            sb.tighten(bo.intermediate_iterations, 4 * bo.lr_alpha, self.deadline)
-        found: list[tuple] = []
-        calls = [0]
+            sb.tighten(bo.intermediate_iterations, bo.lr_intermediate, self.deadline)
+        lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
+        attacked = False
 
         def falsify(xs: Tensor) -> tuple | None:
-            """Check the corners minimising the bounds; from the root's corner also run PGD."""
-            lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
+            """Check the corners minimising the bounds; from the first (the root's) corner also run PGD."""
+            nonlocal attacked
             x = torch.minimum(torch.maximum(xs.reshape(xs.shape[0], -1).float().cpu(), lo32), hi32)
             cex = self.check_points(x)
-            calls[0] += 1
-            if cex is None and calls[0] == 1 and self.opts.steps:
+            if cex is None and not attacked and self.opts.steps:
                 cex = self.attack(lo, hi, start=x[0])
-            if cex is not None:
-                found.append(cex)
+            attacked = True
             return cex
 
         domains = 0
@@ -379,7 +377,7 @@ class _Search:
             domains += res.domains
             if res.verdict is not Verdict.VERIFIED:
                 self.boxes += domains
-                return res.verdict, (found[0] if found else None), f"disjunct {k}: {res.detail}"
+                return res.verdict, res.counterexample, f"disjunct {k}: {res.detail}"
         self.boxes += domains
         return Verdict.VERIFIED, None, f"branch and bound ({domains} domains)"
 
