@@ -231,7 +231,7 @@ class VerifierModel:
             low = self.bound_net(lo.to(dtype=dtype, device=dev).reshape(shape), hi.to(dtype=dtype, device=dev).reshape(shape),
                                  Cb)[0].double().cpu()
         if dtype == torch.float32:
-            low = low - 1e-5 * (1 + low.abs())  # float32 bounds: keep a safety margin
+            low = low - float32_margin(low)
         return low
 
     def ort(self, x: np.ndarray) -> np.ndarray:
@@ -244,6 +244,11 @@ class VerifierModel:
             k += n
         ys = self.sess.run(None, feeds)
         return np.concatenate([np.asarray(y, dtype=np.float64).reshape(-1) for y in ys])
+
+
+def float32_margin(t: Tensor) -> Tensor:
+    """The safety margin float32 bounds keep around ``t`` (a bound or a threshold): ``1e-5·(1 + |t|)``."""
+    return 1e-5 * (1 + t.abs())
 
 
 def _f32_inside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -370,7 +375,7 @@ class _Search:
         for k in torch.nonzero(open_).flatten().tolist():  # one tree per disjunct, as α,β-CROWN does
             C, d = self.spec.disjuncts[k]
             if self.m.precision is Precision.FLOAT32:
-                d = d + 1e-5 * (1 + d.abs())  # float32 bounds: keep a safety margin
+                d = d + float32_margin(d)  # the bound must clear the threshold by the margin
             sb.set_spec(C)
             res = branch_and_bound(sb, d, [C.shape[0]], torch.ones(1, dtype=torch.bool), deadline=self.deadline,
                                    opts=self.opts.bab_options, falsify=falsify)
