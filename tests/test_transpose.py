@@ -109,6 +109,24 @@ def test_conv_input(nd, stride, padding, dilation, groups, size):
     _adjoint(lambda x: conv(x, w, None, stride, padding, dilation, groups), t, shape)
 
 
+@pytest.mark.parametrize("cin,k,stride,padding,size", [(1, 4, 2, 0, 28), (3, 3, 1, 1, 9), (1, 3, 2, 1, 10),
+                                                       (4, 4, 3, 2, 11), (2, 5, 1, 0, 7)])
+def test_conv_input_fold_is_conv_transpose(cin, k, stride, padding, size):
+    """The float32 CPU fold path (narrow outputs) is the same map as ``conv_transpose2d``, and is taken."""
+    torch.manual_seed(2)
+    w = torch.randn(6, cin, k, k)
+    out = (size + 2 * padding - k) // stride + 1
+    A = torch.randn(5, 6, out, out)
+    assert tp._fold_path(w, A, (1, 1), 1)
+    got = tp.conv_input(2)((5, cin, size, size), w, A, stride, padding)
+    extra = size - ((out - 1) * stride - 2 * padding + k)
+    want = F.conv_transpose2d(A, w, None, stride, padding, extra)
+    assert got.shape == (5, cin, size, size)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not tp._fold_path(w.double(), A.double(), (1, 1), 1)
+    assert not tp._fold_path(torch.randn(6, 8, k, k), A, (1, 1), 1)
+
+
 @pytest.mark.parametrize("mode,value", [("constant", 0.0), ("constant", 0.7), ("reflect", 0.0)])
 def test_pad_rule_with_bias(mode, value):
     """The registered backward rule: bias = A·f(0) (a non-zero pad value), coefficients transposed."""

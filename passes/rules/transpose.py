@@ -184,16 +184,41 @@ def adaptive_avg_pool2d_t(A: Tensor, in_shape: tuple[int, ...]) -> Tensor:
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
+#: Input channels up to which the CPU float32 transpose of a 2-d convolution runs as one GEMM and a ``fold``
+#: (col2im): oneDNN's transposed convolution is 4-7x slower for these narrow outputs (the first layer of an
+#: image model: 1 or 3 channels), while for wider ones it wins (``bench/conv_transpose.py``).
+FOLD_MAX_CHANNELS = 4
+
+
+def _fold_path(weight: Tensor, grad_output: Tensor, dilation: tuple, groups: int) -> bool:
+    """Whether :func:`conv2d_input_fold` is the faster transpose here (and the call is not being exported)."""
+    return (weight.dim() == 4 and groups == 1 and all(d == 1 for d in dilation)
+            and weight.shape[1] <= FOLD_MAX_CHANNELS and grad_output.dtype == torch.float32
+            and grad_output.device.type == "cpu" and not torch.jit.is_tracing())
+
+
+def conv2d_input_fold(grad_output: Tensor, weight: Tensor, in_hw: tuple[int, int], stride: tuple[int, int],
+                      padding: tuple[int, int]) -> Tensor:
+    """The transpose of a 2-d convolution as ``Wᵀ · A`` per position (one GEMM) and ``fold`` (col2im, which
+    sums the overlapping windows): the same map as ``conv_transpose2d``."""
+    N, Co = grad_output.shape[:2]
+    cols = torch.matmul(weight.reshape(Co, -1).t(), grad_output.reshape(N, Co, -1))
+    return F.fold(cols, in_hw, tuple(weight.shape[2:]), stride=stride, padding=padding)
+
+
 def conv_input(nd: int) -> Callable[..., Tensor]:
     """``torch.nn.grad.conv{nd}d_input`` as a transposed convolution with the output padding that restores
-    the input size (plain ops: traces and exports, unlike ``aten.convolution_backward``)."""
+    the input size (plain ops: traces and exports, unlike ``aten.convolution_backward``); on CPU in float32,
+    narrow 2-d outputs take :func:`conv2d_input_fold`."""
     transpose = _CONV_T[nd]
 
     def conv_input_nd(input_size, weight: Tensor, grad_output: Tensor, stride=1, padding=0, dilation=1,
                       groups: int = 1) -> Tensor:
         st, pd, dl = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd for v in (stride, padding, dilation))
-        out = [int(d) for d in grad_output.shape[-nd:]]
         want = [int(d) for d in tuple(input_size)[-nd:]]
+        if _fold_path(weight, grad_output, dl, groups):
+            return conv2d_input_fold(grad_output, weight, (want[0], want[1]), st, pd)
+        out = [int(d) for d in grad_output.shape[-nd:]]
         extra = [want[i] - ((out[i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1)
                  for i in range(nd)]
         return transpose(grad_output, weight, None, st, pd, tuple(extra), groups, dl)
@@ -242,5 +267,6 @@ def conv_transpose_t(A: Tensor, in_shape: tuple[int, ...], weight: Tensor, strid
     return g.reshape(lead + tuple(in_shape))
 
 
-__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv_input", "conv_transpose_t", "crop_pad", "gather_t", "pad_t",
+__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv2d_input_fold", "conv_input",
+           "conv_transpose_t", "crop_pad", "gather_t", "pad_t",
            "permute_t", "reduce_sum_t", "reshape_t"]

@@ -1,0 +1,53 @@
+"""Transposed 2-d convolution on CPU: ``conv_transpose2d`` against one GEMM + ``fold`` (col2im), side by side.
+
+``python bench/conv_transpose.py [--threads 1]`` times both forms on the convolutions of the example
+models (rows = backward rows × batch) in float32 and float64 and prints the time of each and their ratio.
+It is the evidence behind ``passes.rules.transpose.FOLD_MAX_CHANNELS``: the fold form wins for narrow
+outputs (1-3 input channels of the convolution) in float32 and loses for wide ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from boundc.passes.rules.transpose import conv2d_input_fold
+
+#: (name, out channels, in channels, kernel, stride, padding, input size, rows)
+CASES = [("small conv1", 16, 1, 4, 2, 0, 28, 1600), ("small conv2", 32, 16, 4, 1, 0, 13, 1600),
+         ("medium conv1", 32, 1, 3, 1, 0, 28, 2048), ("medium conv2", 32, 32, 4, 2, 0, 26, 2048),
+         ("resnet stem", 8, 1, 3, 1, 1, 28, 640), ("resnet block", 8, 8, 3, 1, 1, 28, 640),
+         ("cifar conv1", 16, 3, 4, 2, 1, 32, 640)]
+
+
+def _time(fn, repeat: int = 3) -> float:
+    fn()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat * 1e3
+
+
+def main() -> None:
+    """Print one line per (dtype, case): both times in ms and conv_transpose / fold."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(f"{'dtype':8s} {'case':14s} {'Ci':>3s} {'conv_t ms':>10s} {'fold ms':>9s} {'conv_t/fold':>11s}")
+    for dtype in (torch.float32, torch.float64):
+        for name, co, ci, k, s, p, hw, rows in CASES:
+            torch.manual_seed(0)
+            w = torch.randn(co, ci, k, k, dtype=dtype)
+            ho = (hw + 2 * p - k) // s + 1
+            A = torch.randn(rows, co, ho, ho, dtype=dtype)
+            extra = hw - ((ho - 1) * s - 2 * p + k)
+            t_ct = _time(lambda A=A, w=w, s=s, p=p, extra=extra: F.conv_transpose2d(A, w, None, s, p, extra))
+            t_fold = _time(lambda A=A, w=w, s=s, p=p, hw=hw: conv2d_input_fold(A, w, (hw, hw), (s, s), (p, p)))
+            print(f"{str(dtype)[6:]:8s} {name:14s} {ci:3d} {t_ct:10.1f} {t_fold:9.1f} {t_ct / t_fold:11.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
