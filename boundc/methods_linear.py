@@ -13,7 +13,6 @@ from chunked backward passes, each a generated sub-module ``walk_<node>``
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +20,8 @@ import torch.fx as fx
 from torch import Tensor
 
 from boundc.codegen import Emitter, _ident, emit_interval_node, method
-from boundc.ir import Graph
+from boundc.interpreter import Emitting, ReverseWalk
+from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
 from boundc.passes.graph.planning import ancestors, plan_bounds
 from boundc.passes.rules import backward as bw
@@ -67,36 +67,32 @@ def emit_walk(em: Emitter, root: str, start: fx.Node, bounds: dict[str, fx.Node]
               betas: dict[str, fx.Node] | None = None, taps: dict[str, fx.Node | None] | None = None) -> fx.Node:
     """Emit one backward pass from ``root`` (state ``start``) to the input; returns its concretised Interval.
 
-    Contributions of several users of a node are summed (``form.add``).  ``betas`` (activation node ->
-    fx value) adds split-constraint terms (:func:`add_split_terms`) at those activations' inputs;
-    ``taps`` (node -> filled in here) records the lower coefficients of the state at those nodes.
+    The pass is a :class:`~boundc.interpreter.ReverseWalk` recorded through :class:`~boundc.interpreter.Emitting`;
+    what is specific to the linear methods are its hooks below.  Contributions of several users of a node are
+    summed (``form.add``).  ``betas`` (activation node -> fx value) adds split-constraint terms
+    (:func:`add_split_terms`) at those activations' inputs; ``taps`` (node -> filled in here) records the lower
+    coefficients of the state at those nodes.
     """
-    g = em.g
-    order = ancestors(g, root)
-    pending: dict[str, fx.Node] = {root: start}
-    for name in reversed(order):
-        n = g[name]
-        state = pending.pop(name)
-        if taps is not None and name in taps:
-            taps[name] = em.attr(state, "lA")
-        if n.op == "input":
-            return em.call(form.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
-        fn = get_rule(n.op, form.domain)
-        args = [None if i is None else (bounds.get(i, "perturbed") if g[i].perturbed else em.arg(i)) for i in n.inputs]
-        kwargs = dict(n.attrs, in_shapes=tuple(_shape(g, i) for i in n.inputs))
-        if OPS[n.op].relaxation is not None:
-            kwargs["mode"] = mode
-            if alphas is not None and name in alphas:
-                kwargs["alpha"] = alphas[name]
-        res = em.call(fn, (state, *args), kwargs, name=f"A_{name}")
-        if betas is not None and name in betas:
-            res = em.call(add_split_terms, (res, betas[name]), name=f"A_{name}_split")
-        for k, i in enumerate(n.inputs):
-            if i is None or not g[i].perturbed:
-                continue
-            part = em.call(operator.getitem, (res, k), name=f"A_{i}")
-            pending[i] = part if i not in pending else em.call(form.add, (pending[i], part), name=f"A_{i}")
-    raise AssertionError(f"backward pass from {root!r} never reached the input")
+    def relaxation(n: Node) -> dict:  # how an op with a relaxation is relaxed: the method's mode, its α
+        if OPS[n.op].relaxation is None:
+            return {}
+        return {"mode": mode, **({"alpha": alphas[n.name]} if alphas is not None and n.name in alphas else {})}
+
+    def split(n: Node, res: fx.Node) -> fx.Node:
+        if betas is None or n.name not in betas:
+            return res
+        return em.call(add_split_terms, (res, betas[n.name]), name=f"A_{n.name}_split")
+
+    def tap(n: Node, state: fx.Node) -> None:
+        if taps is not None and n.name in taps:
+            taps[n.name] = em.attr(state, "lA")
+
+    def bound(n: Node, state: fx.Node) -> fx.Node:
+        return em.call(form.concretize, (state, em.inputs["x_lower"], em.inputs["x_upper"]), name="bound")
+
+    walk = ReverseWalk(Emitting(em, form.domain), form.add, bound, bounds=bounds, extra_kwargs=relaxation, after=split,
+                       visit=tap)
+    return walk.run(root, start)
 
 
 def patches_walk_ok(g: Graph, root: str) -> bool:

@@ -5,6 +5,10 @@ more ONNX op types; it reads the node through the :class:`Lowerer` helpers and r
 one value per node output.  The lowerings themselves live in
 :mod:`boundc.frontends.onnx_ops`; :mod:`boundc.frontends.onnx` loads a model and drives
 the lowerer.  (This module imports neither, so there is no import cycle.)
+
+The graph is traced while it is built: every new node is a step of an
+:class:`~boundc.interpreter.Interpreter` (``"eval"``) on an example input of
+batch :data:`TRACE_BATCH`, whose values (``Lowerer.example``) give the shapes.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from boundc.passes.rules.registry import get_rule
 
 from boundc.errors import BoundcError, UnsupportedOpError
+from boundc.interpreter import Interpreter
 from boundc.ir import Graph, Node
 
 try:
@@ -84,7 +88,9 @@ class Lowerer:
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.g = Graph()
         self.env: dict[str, Value | torch.Tensor | None] = {}
-        self.example: dict[str, torch.Tensor] = {}  # IR node name -> traced value
+        #: The shape trace: the eval walk of the graph as it grows, on a random input of batch TRACE_BATCH.
+        self.trace = Interpreter(self.g, "eval", {})
+        self.example: dict[str, torch.Tensor] = self.trace.values  # IR node name -> traced value
         self.problems: list[str] = []
         self.offset = 0
         self.node: Any = None  # the ONNX node being lowered
@@ -135,7 +141,7 @@ class Lowerer:
         if tensor.dtype == torch.bool or not tensor.is_floating_point():
             tensor = tensor.to(torch.get_default_dtype())
         node = self.g.add_tensor(_ident(f"{self.node.name or self.node.op_type}_{base}"), tensor, self.source)
-        self.example[node.name] = tensor
+        self.trace.step(node)
         return node.name
 
     def operand(self, v: Value | torch.Tensor | None) -> str | None:
@@ -145,17 +151,16 @@ class Lowerer:
         return v.name if isinstance(v, Value) else self.param(v)
 
     def emit(self, op: str, inputs: tuple, rank: int | None = None, **attrs: Any) -> Value:
-        """Add a batched IR node, evaluate it on the example and return its value."""
-        fn = get_rule(op, "eval")
-        vals = [None if i is None else self.example[i] for i in inputs]
-        with torch.no_grad():
-            out = fn(*vals, **attrs)
+        """Add a batched IR node, evaluate it on the example (a step of the trace) and return its value."""
         base = _ident(self.node.name or self.node.op_type)
-        node = Node(self.g.fresh_name(base), op, tuple(inputs), attrs, tuple(out.shape), True, self.source)
+        node = Node(self.g.fresh_name(base), op, tuple(inputs), attrs, (), True, self.source)
+        with torch.no_grad():
+            out = self.trace.step(node)
         if out.dim() == 0 or out.shape[0] != TRACE_BATCH:
+            del self.example[node.name]
             raise Unsupported(f"the result mixes the batch dimension into others (shape {list(out.shape)})")
+        node.shape = tuple(out.shape)
         self.g.add(node)
-        self.example[node.name] = out
         return Value(node.name, out.dim() - self.offset if rank is None else rank)
 
     def shape(self, v: Value) -> list[int]:
@@ -235,7 +240,8 @@ class Lowerer:
         x = Node("x", "input", shape=(TRACE_BATCH, total), batched=True,
                  source=f"ONNX inputs {names} (flattened, concatenated)")
         self.g.add(x)
-        self.example["x"] = torch.rand(TRACE_BATCH, total, generator=torch.Generator().manual_seed(0))
+        self.trace.seeds["input"] = torch.rand(TRACE_BATCH, total, generator=torch.Generator().manual_seed(0))
+        self.trace.step(x)
         start = 0
         for vi, (shape, per) in zip(vis, shapes):
             self.node = onnx.helper.make_node("Identity", [], [], name=f"input_{vi.name}")
@@ -267,7 +273,8 @@ class Lowerer:
             raise BoundcError(f"ONNX input '{vi.name}' has symbolic non-batch dimensions {shape}")
         x = Node("x", "input", shape=(TRACE_BATCH, *per), batched=True, source=f"ONNX input '{vi.name}'")
         self.g.add(x)
-        self.example["x"] = torch.rand(TRACE_BATCH, *per, generator=torch.Generator().manual_seed(0))
+        self.trace.seeds["input"] = torch.rand(TRACE_BATCH, *per, generator=torch.Generator().manual_seed(0))
+        self.trace.step(x)
         self.env[vi.name] = Value("x", len(shape))
 
     def _lower(self, node: Any) -> None:

@@ -20,7 +20,9 @@ leaves the dual simplex fully degenerate; minimising is much faster):
 * a time-out, or a point the network does not confirm → **unknown**.
 
 Only small networks are practical (the Jacobians are formed densely, then made
-sparse); the encoder refuses ops that are not piecewise linear, naming the node.
+sparse); the encoder (:class:`MilpEncoding`, a walk of
+:class:`boundc.interpreter.Interpreter`) refuses ops that are not piecewise
+linear, naming the node.
 """
 
 from __future__ import annotations
@@ -37,15 +39,13 @@ import torch
 from torch import Tensor
 
 from boundc.errors import BoundcError
+from boundc.interpreter import Interpreter
 from boundc.ir import Graph, Node
 from boundc.passes.graph.analysis import evaluate
 from boundc.passes.rules.interval import Interval
-from boundc.passes.rules.ops import OPS
+from boundc.passes.rules.ops import has
 from boundc.passes.rules.registry import get_rule
 from boundc.verify.cascade import Verdict
-
-#: Ops that are affine in their perturbed inputs (their constants are fixed): the op table's ``affine`` trait.
-AFFINE_OPS = frozenset(op for op, d in OPS.items() if d.affine and not d.reads_spec)
 
 #: Relative widening of the given node bounds before they become big-M constants.
 BOUND_SLACK = 1e-6
@@ -108,6 +108,50 @@ def _numel(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape[1:], dtype=np.int64))
 
 
+class MilpEncoding(Interpreter):
+    """The MILP encoding as a walk of the graph (in float64, evaluated at the input 0).
+
+    Each perturbed node is classified by the op table's traits: the ``input`` and every encodable node
+    get one variable per entry (:class:`_Layout`, in graph order); an ``affine`` op (one that does not
+    read the specification) is listed for equality constraints (its Jacobians at the walk's values); a
+    ``piecewise_linear`` op is encoded only if it is a ReLU: the big-M constraints and the one binary per
+    unstable neuron of this encoding are ReLU's (other piecewise-linear activations are refused, as are
+    ops that are not piecewise linear).  ``problems`` lists every node that cannot be encoded.
+    """
+
+    def __init__(self, g: Graph) -> None:
+        x = torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64)
+        super().__init__(_double(g), "eval", {"input": x, "clean_input": x})
+        self.layout = _Layout()
+        self.relus: list[str] = []   # ReLUs (binaries for their unstable neurons)
+        self.affine: list[str] = []  # affine nodes (equality constraints)
+        self.problems: list[str] = []
+
+    def step(self, node: Node) -> Any:
+        """Encode a perturbed node, then evaluate it (not any more once a node cannot be encoded)."""
+        if node.perturbed and not has(node.op, "source"):
+            self.encode(node)
+            if self.problems:
+                self.values[node.name] = None
+                return None
+        return super().step(node)
+
+    def encode(self, n: Node) -> None:
+        """Give ``n`` its variables and its kind of constraints, or record why it cannot be encoded."""
+        if has(n.op, "affine") and not has(n.op, "reads_spec"):
+            pert = [i for i in n.inputs if i is not None and self.g[i].perturbed]
+            if n.op == "mul" and len(pert) != 1:  # affine in one factor only (no trait of the op table says so)
+                self.problems.append(f"{n.where()}: a product of two perturbed values is not linear")
+                return
+            self.affine.append(n.name)
+        elif has(n.op, "piecewise_linear") and n.op == "relu":  # the big-M constraints of `exclude` are ReLU's
+            self.relus.append(n.name)
+        elif n.op != "input":
+            self.problems.append(f"{n.where()}: op {n.op!r} has no MILP encoding (ReLU networks only)")
+            return
+        self.layout.add(n.name, _numel(n.shape))
+
+
 class MilpVerifier:
     """The MILP encoding of one canonical IR graph (``BoundModule.graph``); affine blocks are built once.
 
@@ -133,52 +177,37 @@ class MilpVerifier:
     # -- encoding (once per graph) -----------------------------------------------------------
     def _build(self) -> None:
         g = self.graph
-        problems = []
-        for n in g:
-            if not n.perturbed or n.op in ("param", "clean_input"):
-                continue
-            if n.op == "input":
-                self.layout.add(n.name, _numel(n.shape))
-            elif n.op == "relu":
-                self.layout.add(n.name, _numel(n.shape))
-                self.relus.append(n)
-            elif n.op in AFFINE_OPS:
-                pert = [i for i in n.inputs if i is not None and g[i].perturbed]
-                if n.op == "mul" and len(pert) != 1:
-                    problems.append(f"{n.where()}: a product of two perturbed values is not linear")
-                    continue
-                self.layout.add(n.name, _numel(n.shape))
-            else:
-                problems.append(f"{n.where()}: op {n.op!r} has no MILP encoding (ReLU networks only)")
-        if problems:
-            raise BoundcError("complete verification cannot encode this network:\n  - " + "\n  - ".join(problems))
+        enc = MilpEncoding(g)
+        enc.run()
+        if enc.problems:
+            raise BoundcError("complete verification cannot encode this network:\n  - " + "\n  - ".join(enc.problems))
+        self.layout, self.relus = enc.layout, [g[r] for r in enc.relus]
         g_out = g.output
         if g_out.name not in self.layout.offset:
             raise BoundcError(f"{g_out.where()}: the output does not depend on the input")
         #: Every affine node as ``out − Σ_i J_i·in_i = b``: one sparse matrix over all variables, and ``b``.
-        self.equalities, self.equality_rhs = self._affine_equalities()
+        self.equalities, self.equality_rhs = self._affine_equalities(enc)
 
-    def _affine_equalities(self) -> tuple[Any, np.ndarray]:
+    def _affine_equalities(self, enc: MilpEncoding) -> tuple[Any, np.ndarray]:
+        """The equality block of every affine node, from the Jacobians at the walk's evaluation point."""
         import scipy.sparse as sp
 
-        g, lay = self.graph, self.layout
-        values = evaluate(_double(g), torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64))
+        g, lay, values = enc.g, self.layout, enc.values
         mats, rhs = [], []
-        for n in g:
-            if n.name not in self.layout.offset or n.op in ("input", "relu"):
-                continue
+        for name in enc.affine:
+            n = g[name]
             pert = [i for i in n.inputs if i is not None and g[i].perturbed]
-            out_n = self.layout.size[n.name]
+            out_n = lay.size[name]
             jacs = []
             for p in pert:
-                in_n = self.layout.size[p]
+                in_n = lay.size[p]
                 if in_n * out_n > self.options.max_jacobian:
                     raise BoundcError(f"{n.where()}: a {out_n}×{in_n} Jacobian is too large for the MILP "
                                       f"(max_jacobian={self.options.max_jacobian})")
                 jacs.append(sp.csr_matrix(_jacobian(n, p, values)))
-            bias = values[n.name].reshape(-1).numpy() - sum(
+            bias = values[name].reshape(-1).numpy() - sum(
                 (J @ values[p].reshape(-1).numpy() for J, p in zip(jacs, pert)), np.zeros(out_n))
-            blocks = [(n.name, sp.identity(out_n, format="coo"))] + [(p, -J.tocoo()) for p, J in zip(pert, jacs)]
+            blocks = [(name, sp.identity(out_n, format="coo"))] + [(p, -J.tocoo()) for p, J in zip(pert, jacs)]
             r = np.concatenate([M.row for _, M in blocks])
             c = np.concatenate([M.col + lay.offset[p] for p, M in blocks])
             v = np.concatenate([M.data for _, M in blocks])
