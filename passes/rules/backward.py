@@ -310,18 +310,31 @@ def rowdot(A: Tensor, t: Tensor) -> Tensor:
     return torch.einsum("bse,bse->bs", A, t)
 
 
+def _maybe_nonzero(t: Tensor) -> bool:
+    """False only where ``t`` is known to be all zeros (checked on CPU tensors outside tracing; elsewhere a
+    check would cost a device sync or bake a constant into a traced graph, so every tensor counts)."""
+    return t.device.type != "cpu" or torch.jit.is_tracing() or bool(t.any())
+
+
 def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Tensor,
                   bias_neg: Tensor) -> tuple[Tensor, Tensor]:
     """Coefficients through one line per sign: ``A⁺·slope_pos + A⁻·slope_neg`` and the bias
     ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it.
 
     Positive entries take exactly ``slope_pos`` (the other product is an exact zero), and no
-    where-masks are materialised: the pass costs a few sweeps over ``A``.
+    where-masks are materialised: the pass costs a few sweeps over ``A``.  A line bias that is all
+    zeros (a ReLU's lower line, a stable layer) skips its product; when no gradient is recorded the
+    products are formed in place in the buffer of ``A⁺`` (fewer and smaller allocations: on CPU each
+    fresh buffer of this size is page-faulted in anew).
     """
     P = A.clamp(min=0)
     N = A - P
-    bias = rowdot(P, bias_pos) + rowdot(N, bias_neg)
-    return torch.addcmul(P * slope_pos, N, slope_neg), bias
+    terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if _maybe_nonzero(b)]
+    bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], bias_neg.shape[0]), A.shape[1])
+    recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (A, slope_pos, slope_neg))
+    if recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape:
+        return torch.addcmul(P * slope_pos, N, slope_neg), bias
+    return P.mul_(slope_pos).addcmul_(N, slope_neg), bias
 
 
 def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, alpha: tuple | None = None,
