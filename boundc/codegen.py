@@ -69,10 +69,8 @@ class Emitter:
 
     def call(self, fn: Callable, args: tuple, kwargs: dict[str, Any] | None = None, name: str | None = None) -> fx.Node:
         """Emit ``fn(*args, **kwargs)``."""
-        node = self.fx.call_function(fn, tuple(args), dict(kwargs or {}))
-        if name:
-            node.name = self.fx._graph_namespace.create_name(_ident(name), node)
-        return node
+        return self.fx.create_node("call_function", fn, tuple(args), dict(kwargs or {}),
+                                   name=_ident(name) if name else None)
 
     def attr(self, value: fx.Node, field: str) -> fx.Node:
         """Emit ``value.field``."""
