@@ -13,6 +13,9 @@ CROWN and α-CROWN (20 Adam steps) and prints, per batch size, one row per (mode
   ``(batch, rows, ...)``), found in a second, untimed call under a dispatch mode;
 * ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter).
 
+The linear methods bound the margins from below only (``LinearOptions(output_upper=False)``, what
+certification and certified training read); ``--upper`` bounds both sides (IBP always does).
+
 Then the targets of the engine issue as ratios inside this run: CROWN / forward ≤ 300,
 α-CROWN / CROWN ≤ 30, CROWN-IBP / IBP ≤ 4, peak / largest coefficient tensor ≤ 2.
 Run it with one torch thread on a shared CPU (``--threads``, default 1).
@@ -51,7 +54,8 @@ def _largest_tensor_mb(fn) -> float:
     return Largest.biggest / 2**20
 
 
-def run_one(model: str, method: str, batch: int, eps: float, threads: int, device: str = "cpu") -> dict:
+def run_one(model: str, method: str, batch: int, eps: float, threads: int, device: str = "cpu",
+            upper: bool = False) -> dict:
     """Compile and time one method on one model; returns a dict of figures."""
     import torch
 
@@ -71,7 +75,7 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int, devic
 
     with torch.no_grad():
         C = boundc.margin_spec(m(x).argmax(1), 10)
-    opts = CompileOptions(linear=LinearOptions(alpha_iterations=20))
+    opts = CompileOptions(linear=LinearOptions(alpha_iterations=20, output_upper=upper))
     bm = boundc.compile(m, x[:2], method=method, options=opts)
     xl, xu = boundc.linf_box(x, eps)
     with torch.no_grad():
@@ -116,16 +120,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="torch device (on cuda, peak MB is the allocator's exact peak)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--upper", action="store_true", help="linear methods also bound the margins from above")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "METHOD", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.eps, a.threads, a.device)))
+        print(json.dumps(run_one(a.one[0], a.one[1], int(a.one[2]), a.eps, a.threads, a.device, a.upper)))
         return
     methods = a.methods.split(",")
     results = []
     where = f"CPU, {a.threads} torch thread(s)" if a.device == "cpu" else a.device
-    print(f"boundc linear methods, {where}, eps {a.eps}, margins spec (9 rows)")
+    sides = "lower and upper" if a.upper else "lower"
+    print(f"boundc linear methods, {where}, eps {a.eps}, margins spec (9 rows), {sides} bounds")
     for batch in (int(b) for b in a.batches.split(",")):
         print(f"\nbatch {batch}")
         print(f"{'model':8s} {'method':12s} {'time s':>9s} {'x fwd':>8s} {'peak MB':>8s} {'coef MB':>8s} "
@@ -134,7 +140,8 @@ def main() -> None:
             times, per_fwd = {}, {}
             for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--one", model, method, str(batch), "--eps",
-                                      str(a.eps), "--threads", str(a.threads), "--device", a.device],
+                                      str(a.eps), "--threads", str(a.threads), "--device", a.device]
+                                     + (["--upper"] if a.upper else []),
                                      capture_output=True, text=True)
                 if out.returncode:
                     print(f"{model:8s} {method:12s} failed: {out.stderr.strip().splitlines()[-1]}", flush=True)

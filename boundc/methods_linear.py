@@ -254,8 +254,13 @@ def emit_start(em: Emitter) -> tuple[str, fx.Node, tuple[int, ...] | None]:
     return out.name, em.call(engine.start_identity, (em.inputs["x_lower"], shape), name="start"), shape
 
 
-def _finish_output(em: Emitter, res: fx.Node, shape: tuple[int, ...] | None) -> tuple[fx.Node, fx.Node]:
-    lower, upper = em.attr(res, "lower"), em.attr(res, "upper")
+def _finish_output(em: Emitter, res: fx.Node, shape: tuple[int, ...] | None,
+                   options: CompileOptions) -> tuple[fx.Node, fx.Node]:
+    lower = em.attr(res, "lower")
+    if options.linear.output_upper:
+        upper = em.attr(res, "upper")
+    else:
+        upper = em.call(engine.unbounded_above, (lower,), name="upper")
     if shape is not None and len(shape) != 1:
         lower = em.call(engine.unflatten_output, (lower, shape), name="lower")
         upper = em.call(engine.unflatten_output, (upper, shape), name="upper")
@@ -271,15 +276,17 @@ def backward_method(em: Emitter, options: CompileOptions, mode: str, intermediat
         return v, v
     bounds = emit_intermediate(em, options, mode, intermediate)
     root, start, shape = emit_start(em)
+    if not options.linear.output_upper:
+        start = em.call(engine.lower_rows_only, (start,), name="start_lower")
     if not alpha:
-        return _finish_output(em, emit_walk(em, root, start, bounds, mode), shape)
+        return _finish_output(em, emit_walk(em, root, start, bounds, mode), shape, options)
     walk, names, bmap, amap = build_walk(g, root, mode, with_alpha=True)
     wnode = _module(em, "walk_output", walk)
     alphas = {a: (g[node].op, dict(g[node].attrs), bounds[g[node].inputs[0]]) for a, node in amap.items()}
     lo = options.linear
     res = em.call(engine.alpha_optimize, (wnode, names, _walk_args(em, names, bmap, bounds), start, alphas),
                   dict(iterations=lo.alpha_iterations, lr=lo.alpha_lr, progress=lo.progress), name="bound")
-    return _finish_output(em, res, shape)
+    return _finish_output(em, res, shape, options)
 
 
 @method("crown", ("backward",))

@@ -37,6 +37,11 @@ class LinearOptions:
             bounds (IBP from the tightened bounds before each node): sound and
             never looser, but no longer the textbook CROWN bound.  Either way,
             only neurons that interval leaves undecided get backward passes.
+        output_upper: also bound the outputs (or spec rows) from above.  ``False``:
+            the final backward pass carries lower rows only (about half its cost
+            after the first activation, and α-CROWN optimises only the lower side)
+            and the returned upper bound is ``+inf``.  Certification and certified
+            training read only the lower bounds of margins.
     """
 
     chunk_budget: int | None = None
@@ -45,6 +50,7 @@ class LinearOptions:
     alpha_iterations: int = 20
     alpha_lr: float = 0.5
     intersect_ibp: bool = False
+    output_upper: bool = True
 
 
 @dataclass(frozen=True)

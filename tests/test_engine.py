@@ -109,3 +109,45 @@ def test_undecided_rows() -> None:
     assert engine.undecided(b, (0.0,)).tolist() == [[True, False, False, False]]
     assert engine.undecided(b, (0.0, 1.0)).tolist() == [[True, True, True, False]]
     assert engine.undecided(b, None).all()
+
+
+@pytest.mark.parametrize("method", ["crown-ibp", "crown", "fast-lin", "alpha-crown"])
+def test_lower_only_output_keeps_every_lower_bound(method: str) -> None:
+    """``output_upper=False`` skips the upper side of the final pass: the same lower bounds, upper +inf,
+    and the lower bound is still sound under attack and sampling."""
+    torch.manual_seed(3)
+    m = examples.build("bn_pool").eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        C = boundc.margin_spec(m(x).argmax(1), 10)
+    xl, xu = boundc.linf_box(x, 0.02)
+    lin = dict(alpha_iterations=4)
+    both = boundc.compile(m, x[:2], method=method, options=CompileOptions(linear=LinearOptions(**lin)))
+    lower_only = boundc.compile(m, x[:2], method=method,
+                                options=CompileOptions(linear=LinearOptions(output_upper=False, **lin)))
+    with torch.no_grad():
+        lo, hi = both(xl, xu, C)
+        lo2, hi2 = lower_only(xl, xu, C)
+    torch.testing.assert_close(lo2, lo, rtol=1e-6, atol=1e-6)
+    assert torch.isinf(hi2).all() and (hi2 > 0).all() and torch.isfinite(hi).all()
+    samples = xl + (xu - xl) * torch.rand((64,) + x.shape)
+    with torch.no_grad():
+        margins = torch.einsum("nbk,bsk->nbs", m(samples.flatten(0, 1)).reshape(64, 3, 10), C)
+    assert (margins >= lo2 - 1e-5).all()
+
+
+def test_training_cache_compiles_lower_only() -> None:
+    """The training losses read only margin lower bounds: their cache compiles without the upper side."""
+    from boundc.train.losses import BoundCache, margin_lower_bounds
+
+    torch.manual_seed(4)
+    m = examples.build("small").eval()
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    cache = BoundCache(m, x)
+    bm = cache.get("crown-ibp")
+    xl, xu = boundc.linf_box(x, 0.01, (0.0, 1.0))
+    _, upper = bm(xl, xu, boundc.margin_spec(y, 10))
+    assert torch.isinf(upper).all()
+    full = boundc.compile(m, x[:2], method="crown-ibp")
+    lower, _ = full(xl, xu, boundc.margin_spec(y, 10))
+    torch.testing.assert_close(margin_lower_bounds(bm, x, y, 0.01, (0.0, 1.0), 10), lower, rtol=1e-6, atol=1e-6)

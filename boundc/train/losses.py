@@ -24,7 +24,11 @@ from torch import Tensor, nn
 
 import boundc
 from boundc.errors import BoundcError
-from boundc.options import CompileOptions
+from boundc.options import CompileOptions, LinearOptions
+
+#: What the losses and metrics compile with unless told otherwise: they read only the lower bounds of
+#: margins, so the linear methods skip the upper side of the final pass.
+LOWER_BOUNDS_ONLY = CompileOptions(linear=LinearOptions(output_upper=False))
 
 
 class BoundCache:
@@ -36,7 +40,9 @@ class BoundCache:
         self._nets: dict[tuple[str, CompileOptions | None], boundc.BoundModule] = {}  # (method, options) -> net
 
     def get(self, method: str, options: CompileOptions | None = None) -> boundc.BoundModule:
-        """The bound network of ``method`` compiled with ``options`` (compiled on first use)."""
+        """The bound network of ``method`` compiled with ``options`` (compiled on first use; default
+        :data:`LOWER_BOUNDS_ONLY`: the upper bounds it returns are ``+inf``)."""
+        options = options or LOWER_BOUNDS_ONLY
         key = (method, options)
         if key not in self._nets:
             if method not in boundc.methods():

@@ -42,7 +42,7 @@ from boundc.methods_linear import build_walk, emit_start, user_kinks
 from boundc.passes.graph.planning import ancestors
 from boundc.passes.graph.spec import attach_spec
 from boundc.passes.rules.backward import Coeffs
-from boundc.passes.rules.engine import undecided
+from boundc.passes.rules.engine import lower_rows_only, undecided
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.ops import OPS
 from boundc.verify.cascade import Verdict
@@ -148,8 +148,7 @@ class SpecBounds:
         """Fix the rows ``C`` (S, K) to bound (after :meth:`set_root`)."""
         with torch.no_grad():
             start = self._start(self.x_lower, self.x_upper, C.to(dtype=self.dtype, device=self.device).unsqueeze(0))[0]
-        # lower bounds only: the upper pass runs on zero rows (no upper α either), so it costs nothing
-        self.start = Coeffs(start.lA, start.uA[:, :0], start.lb, start.ub[:, :0])
+        self.start = lower_rows_only(start)  # lower bounds only (no upper α either)
         self.S = C.shape[0]
 
     def tighten(self, iterations: int, lr: float, deadline: float, budget: int = 1 << 24,

@@ -73,6 +73,17 @@ def start_spec_linear(C: Tensor, weight: Tensor, bias: Tensor | None) -> Coeffs:
     return Coeffs(A, A, b, b)
 
 
+def lower_rows_only(c: Coeffs) -> Coeffs:
+    """The same start with no upper rows: the upper pass then runs on zero rows and costs nothing
+    (for callers that read only lower bounds: certification, certified training, branch and bound)."""
+    return Coeffs(c.lA, c.uA[:, :0], c.lb, c.ub[:, :0])
+
+
+def unbounded_above(lower: Tensor) -> Tensor:
+    """The upper bound of quantities whose upper pass was skipped (:func:`lower_rows_only`): ``+inf``."""
+    return torch.full_like(lower, math.inf)
+
+
 # -- drivers: run a generated backward walk over chunks / with optimised slopes -----------
 
 def _call_walk(walk: Callable, names: tuple[str, ...], args: dict, **extra) -> Interval:
@@ -195,13 +206,13 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
     than CROWN.  The final bound is recomputed with the (detached) best parameters and the live
     inputs, so gradients reach the model's parameters.
     """
-    S = start.lA.shape[1]
+    rows = (start.lA.shape[1], start.uA.shape[1])  # the upper pass may have none (lower_rows_only)
     init, project, lr_scale = {}, {}, {}
     for name, (op, attrs, b) in alphas.items():
         spec = opdef(op).relaxation.alpha
         lr_scale[name] = spec.lr_scale
-        a = spec.init(b.lower.detach(), b.upper.detach(), **attrs)  # (k, B, *shape)
-        init[name] = a.unsqueeze(2).expand(a.shape[:2] + (S,) + a.shape[2:])
+        a = spec.init(b.lower.detach(), b.upper.detach(), **attrs).unsqueeze(2)  # (k, B, 1, *shape)
+        init[name] = tuple(a.expand(a.shape[:2] + (S,) + a.shape[3:]) for S in rows)
         fn = getattr(spec, "project", None)
         if fn is not None:
             lo, up = b.lower.detach().unsqueeze(1), b.upper.detach().unsqueeze(1)
@@ -210,9 +221,9 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
                (v.detach() if isinstance(v, Tensor) else v)) for k, v in args.items()}
     dstart = Coeffs(*(t.detach() for t in start))
     best_l = best_u = None
-    best = {k: (v.clone(), v.clone()) for k, v in init.items()}
+    best = {k: (vl.clone(), vu.clone()) for k, (vl, vu) in init.items()}
     with torch.enable_grad():
-        params = {k: (v.clone().requires_grad_(True), v.clone().requires_grad_(True)) for k, v in init.items()}
+        params = {k: (vl.clone().requires_grad_(True), vu.clone().requires_grad_(True)) for k, (vl, vu) in init.items()}
         groups = [{"params": list(pair), "lr": lr * lr_scale[k]} for k, pair in params.items()]
         opt = torch.optim.Adam(groups, lr=lr) if params else None
         for it in tqdm(range(iterations + 1), desc="alpha-CROWN", unit="step", disable=None if progress else True,
@@ -221,7 +232,7 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
             lo, up = out.lower.detach(), out.upper.detach()
             if best_l is None:
                 best_l, best_u = lo, up
-                better_l = better_u = torch.ones_like(lo, dtype=torch.bool)
+                better_l, better_u = torch.ones_like(lo, dtype=torch.bool), torch.ones_like(up, dtype=torch.bool)
             else:
                 better_l, better_u = lo > best_l, up < best_u
                 best_l, best_u = torch.maximum(best_l, lo), torch.minimum(best_u, up)
@@ -249,5 +260,6 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "start_identity", "start_spec",
+__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "lower_rows_only", "start_identity",
+           "start_spec", "unbounded_above",
            "start_spec_linear", "unflatten_output"]

@@ -202,7 +202,9 @@ def conv2d_input_fold(grad_output: Tensor, weight: Tensor, in_hw: tuple[int, int
     """The transpose of a 2-d convolution as ``Wᵀ · A`` per position (one GEMM) and ``fold`` (col2im, which
     sums the overlapping windows): the same map as ``conv_transpose2d``."""
     N, Co = grad_output.shape[:2]
-    cols = torch.matmul(weight.reshape(Co, -1).t(), grad_output.reshape(N, Co, -1))
+    if N == 0:
+        return grad_output.new_zeros((0, weight.shape[1]) + tuple(in_hw))
+    cols = torch.matmul(weight.reshape(Co, -1).t(), grad_output.flatten(2))
     return F.fold(cols, in_hw, tuple(weight.shape[2:]), stride=stride, padding=padding)
 
 
