@@ -310,7 +310,7 @@ def rowdot(A: Tensor, t: Tensor) -> Tensor:
     return torch.einsum("bse,bse->bs", A, t)
 
 
-def _maybe_nonzero(t: Tensor) -> bool:
+def maybe_nonzero(t: Tensor) -> bool:
     """False only where ``t`` is known to be all zeros (checked on CPU tensors outside tracing; elsewhere a
     check would cost a device sync or bake a constant into a traced graph, so every tensor counts)."""
     return t.device.type != "cpu" or torch.jit.is_tracing() or bool(t.any())
@@ -329,8 +329,8 @@ def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Ten
     """
     P = A.clamp(min=0)
     N = A - P
-    terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if _maybe_nonzero(b)]
-    bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], bias_neg.shape[0]), A.shape[1])
+    terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if maybe_nonzero(b)]
+    bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], slope_pos.shape[0]), A.shape[1])
     recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (A, slope_pos, slope_neg))
     if recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape:
         return torch.addcmul(P * slope_pos, N, slope_neg), bias
@@ -397,4 +397,5 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     return (Coeffs(lA, uA, lb, ub),)
 
 
-__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "relax_backward", "rowdot", "through_lines", "zero_bias_like"]
+__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "relax_backward", "rowdot", "through_lines",
+           "zero_bias_like"]

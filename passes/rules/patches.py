@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backward import rowdot, through_lines
+from .backward import maybe_nonzero, rowdot, through_lines
 from .interval import Interval
 from .ops import OpDef
 from .registry import deriver, rule
@@ -272,7 +272,10 @@ add.covers = sub.covers = _same_shapes
 
 def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, **attrs) -> Patches:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
-    lw, lb, uw, ub = (window_rows(p, t) for t in relax(op, x.lower, x.upper, mode, **attrs))
+    lines = relax(op, x.lower, x.upper, mode, **attrs)
+    lw, uw = window_rows(p, lines.lw), window_rows(p, lines.uw)
+    # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips a zero scalar
+    lb, ub = (window_rows(p, t) if maybe_nonzero(t) else t.new_zeros(()) for t in (lines.lb, lines.ub))
     lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
     uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
     return _with(p, lA, uA, lbias, ubias)
