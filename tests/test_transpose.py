@@ -85,6 +85,17 @@ def test_avg_pool2d(k, s, p, ceil, cip, div, hw):
     _adjoint(lambda x: F.avg_pool2d(x, k, s, p, ceil, cip, div), lambda A: tp.avg_pool2d_t(A, shape, **kw), shape)
 
 
+@pytest.mark.parametrize("k,s,p,ceil,cip,div,hw", _POOLS)
+def test_avg_pool2d_float32_paths(k, s, p, ceil, cip, div, hw):
+    """The float32 CPU forms (window copy for k == s, GEMM + fold otherwise) equal the float64 transpose."""
+    shape = (3,) + hw
+    kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil, count_include_pad=cip, divisor_override=div)
+    y = F.avg_pool2d(torch.zeros((1,) + shape), k, s, p, ceil, cip, div)
+    A = torch.randn((B, S) + tuple(y.shape[1:]), dtype=torch.float64)
+    want = tp.avg_pool2d_t(A, shape, **kw)
+    torch.testing.assert_close(tp.avg_pool2d_t(A.float(), shape, **kw), want.float(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("hw,out", [((8, 8), (1, 1)), ((7, 9), (3, 4)), ((5, 5), (5, 5)), ((6, 10), (4, 3)),
                                     ((3, 4), (5, 7))])
 def test_adaptive_avg_pool2d(hw, out):

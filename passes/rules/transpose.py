@@ -154,8 +154,18 @@ def avg_pool2d_t(A: Tensor, in_shape: tuple[int, ...], *, kernel_size, stride, p
     Ho, Wo = int(A.shape[-2]), int(A.shape[-1])
     scale = A.new_tensor(_avg_pool_scale((H, W), (Ho, Wo), k, s, p, count_include_pad, divisor_override))
     lead = tuple(A.shape[:-2])
-    g = F.conv_transpose2d(_fold(A * scale, 2).unsqueeze(1), A.new_ones(1, 1, k[0], k[1]), stride=s)
-    g = g.squeeze(1)  # padded-input coordinates, starting at -p
+    x = _fold(A * scale, 2)
+    if k == s:  # non-overlapping windows: each output's share is copied over its k×k window
+        g = x[:, :, None, :, None].expand(x.shape[0], Ho, k[0], Wo, k[1]).reshape(x.shape[0], Ho * k[0], Wo * k[1])
+    else:
+        w = A.new_ones(1, 1, k[0], k[1])
+        x = x.unsqueeze(1)
+        if _fold_path(w, x, (1, 1), 1):
+            size = ((Ho - 1) * s[0] + k[0], (Wo - 1) * s[1] + k[1])
+            g = conv2d_input_fold(x, w, size, s, (0, 0)).squeeze(1)
+        else:
+            g = F.conv_transpose2d(x, w, stride=s).squeeze(1)
+    # g is in padded-input coordinates, starting at -p
     g = crop_pad(g, 1, -p[0], H + p[0] - g.shape[1])
     g = crop_pad(g, 2, -p[1], W + p[1] - g.shape[2])
     return g.reshape(lead + (H, W))
