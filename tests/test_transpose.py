@@ -128,14 +128,14 @@ def test_conv_input_fold_is_conv_transpose(cin, k, stride, padding, size):
     w = torch.randn(6, cin, k, k)
     out = (size + 2 * padding - k) // stride + 1
     A = torch.randn(5, 6, out, out)
-    assert tp._fold_path(w, A, (1, 1), 1)
+    assert tp.fold_path(w, A, (1, 1), 1)
     got = tp.conv_input(2)((5, cin, size, size), w, A, stride, padding)
     extra = size - ((out - 1) * stride - 2 * padding + k)
     want = F.conv_transpose2d(A, w, None, stride, padding, extra)
     assert got.shape == (5, cin, size, size)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert not tp._fold_path(w.double(), A.double(), (1, 1), 1)
-    assert not tp._fold_path(torch.randn(6, 8, k, k), A, (1, 1), 1)
+    assert not tp.fold_path(w.double(), A.double(), (1, 1), 1)
+    assert not tp.fold_path(torch.randn(6, 8, k, k), A, (1, 1), 1)
 
 
 @pytest.mark.parametrize("mode,value", [("constant", 0.0), ("constant", 0.7), ("reflect", 0.0)])

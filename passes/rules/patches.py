@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import transpose
 from .backward import maybe_nonzero, rowdot, through_lines
 from .interval import Interval
 from .ops import OpDef
@@ -167,6 +168,8 @@ def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tupl
         Bp, R = A.shape[:2]
         if M is not None:
             out = A.reshape(Bp * R, basis) @ M
+        elif transpose.fold_path(weight, A, dilation, groups):
+            out = transpose.conv2d_input_fold(A.reshape(Bp * R, Co, kh, kw), weight, (out_h, out_w), stride, (0, 0))
         else:
             out = F.conv_transpose2d(A.reshape(Bp * R, Co, kh, kw), weight, stride=stride, dilation=dilation,
                                      groups=groups)

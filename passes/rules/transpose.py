@@ -160,7 +160,7 @@ def avg_pool2d_t(A: Tensor, in_shape: tuple[int, ...], *, kernel_size, stride, p
     else:
         w = A.new_ones(1, 1, k[0], k[1])
         x = x.unsqueeze(1)
-        if _fold_path(w, x, (1, 1), 1):
+        if fold_path(w, x, (1, 1), 1):
             size = ((Ho - 1) * s[0] + k[0], (Wo - 1) * s[1] + k[1])
             g = conv2d_input_fold(x, w, size, s, (0, 0)).squeeze(1)
         else:
@@ -200,7 +200,7 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 FOLD_MAX_CHANNELS = 4
 
 
-def _fold_path(weight: Tensor, grad_output: Tensor, dilation: tuple, groups: int) -> bool:
+def fold_path(weight: Tensor, grad_output: Tensor, dilation: tuple, groups: int) -> bool:
     """Whether :func:`conv2d_input_fold` is the faster transpose here (and the call is not being exported)."""
     return (weight.dim() == 4 and groups == 1 and all(d == 1 for d in dilation)
             and weight.shape[1] <= FOLD_MAX_CHANNELS and grad_output.dtype == torch.float32
@@ -228,7 +228,7 @@ def conv_input(nd: int) -> Callable[..., Tensor]:
                       groups: int = 1) -> Tensor:
         st, pd, dl = (tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd for v in (stride, padding, dilation))
         want = [int(d) for d in tuple(input_size)[-nd:]]
-        if _fold_path(weight, grad_output, dl, groups):
+        if fold_path(weight, grad_output, dl, groups):
             return conv2d_input_fold(grad_output, weight, (want[0], want[1]), st, pd)
         out = [int(d) for d in grad_output.shape[-nd:]]
         extra = [want[i] - ((out[i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1)
@@ -279,6 +279,6 @@ def conv_transpose_t(A: Tensor, in_shape: tuple[int, ...], weight: Tensor, strid
     return g.reshape(lead + tuple(in_shape))
 
 
-__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv2d_input_fold", "conv_input",
+__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv2d_input_fold", "conv_input", "fold_path",
            "conv_transpose_t", "crop_pad", "gather_t", "pad_t",
            "permute_t", "reduce_sum_t", "reshape_t"]
