@@ -214,7 +214,7 @@ def conv2d_input_fold(grad_output: Tensor, weight: Tensor, in_hw: tuple[int, int
     N, Co = grad_output.shape[:2]
     if N == 0:
         return grad_output.new_zeros((0, weight.shape[1]) + tuple(in_hw))
-    cols = torch.matmul(weight.reshape(Co, -1).t(), grad_output.flatten(2))
+    cols = torch.bmm(weight.reshape(Co, -1).t().expand(N, -1, -1), grad_output.flatten(2))  # matmul would copy A
     return F.fold(cols, in_hw, tuple(weight.shape[2:]), stride=stride, padding=padding)
 
 
