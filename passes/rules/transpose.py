@@ -155,7 +155,8 @@ def avg_pool2d_t(A: Tensor, in_shape: tuple[int, ...], *, kernel_size, stride, p
     scale = A.new_tensor(_avg_pool_scale((H, W), (Ho, Wo), k, s, p, count_include_pad, divisor_override))
     lead = tuple(A.shape[:-2])
     x = _fold(A * scale, 2)
-    if k == s:  # non-overlapping windows: each output's share is copied over its k×k window
+    if k == s and not torch.jit.is_tracing():  # non-overlapping windows: each output's share is copied over its
+        # k×k window (an exported graph keeps the one-kernel transposed convolution: fewer nodes)
         g = x[:, :, None, :, None].expand(x.shape[0], Ho, k[0], Wo, k[1]).reshape(x.shape[0], Ho * k[0], Wo * k[1])
     else:
         w = A.new_ones(1, 1, k[0], k[1])
