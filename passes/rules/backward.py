@@ -316,20 +316,25 @@ def maybe_nonzero(t: Tensor) -> bool:
     return t.device.type != "cpu" or torch.jit.is_tracing() or bool(t.any())
 
 
-def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor, slope_neg: Tensor,
-                  bias_neg: Tensor) -> tuple[Tensor, Tensor]:
+def nonzero_or_none(t: Tensor) -> Tensor | None:
+    """``t``, or ``None`` where it is known to be all zeros (:func:`maybe_nonzero`)."""
+    return t if maybe_nonzero(t) else None
+
+
+def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_neg: Tensor,
+                  bias_neg: Tensor | None) -> tuple[Tensor, Tensor]:
     """Coefficients through one line per sign: ``A⁺·slope_pos + A⁻·slope_neg`` and the bias
-    ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it.
+    ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it;
+    a bias of ``None`` is zero (a ReLU's lower line, a stable layer) and skips its product.
 
     Positive entries take exactly ``slope_pos`` (the other product is an exact zero), and no
-    where-masks are materialised: the pass costs a few sweeps over ``A``.  A line bias that is all
-    zeros (a ReLU's lower line, a stable layer) skips its product; when no gradient is recorded the
-    products are formed in place in the buffer of ``A⁺`` (fewer and smaller allocations: on CPU each
-    fresh buffer of this size is page-faulted in anew).
+    where-masks are materialised: the pass costs a few sweeps over ``A``.  When no gradient is
+    recorded the products are formed in place in the buffer of ``A⁺`` (fewer and smaller
+    allocations: on CPU each fresh buffer of this size is page-faulted in anew).
     """
     P = A.clamp(min=0)
     N = A - P
-    terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if maybe_nonzero(b)]
+    terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if b is not None]
     bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], slope_pos.shape[0]), A.shape[1])
     recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (A, slope_pos, slope_neg))
     if recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape:
@@ -352,8 +357,8 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, a
         nd = c.lA.dim()
         low = lines(l, u, mode, _alpha_k(alpha[0], nd), **attrs)
         up = lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
-    lA, lb = through_lines(c.lA, low.lw, low.lb, low.uw, low.ub)
-    uA, ub = through_lines(c.uA, up.uw, up.ub, up.lw, up.lb)
+    lA, lb = through_lines(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub))
+    uA, ub = through_lines(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
     lb, ub = c.lb + lb, c.ub + ub
     return Coeffs(lA, uA, lb, ub)
 
@@ -397,5 +402,5 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     return (Coeffs(lA, uA, lb, ub),)
 
 
-__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "relax_backward", "rowdot", "through_lines",
-           "zero_bias_like"]
+__all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "nonzero_or_none", "relax_backward",
+           "rowdot", "through_lines", "zero_bias_like"]

@@ -277,8 +277,8 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, 
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
     lines = relax(op, x.lower, x.upper, mode, **attrs)
     lw, uw = window_rows(p, lines.lw), window_rows(p, lines.uw)
-    # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips a zero scalar
-    lb, ub = (window_rows(p, t) if maybe_nonzero(t) else t.new_zeros(()) for t in (lines.lb, lines.ub))
+    # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips it
+    lb, ub = (window_rows(p, t) if maybe_nonzero(t) else None for t in (lines.lb, lines.ub))
     lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
     uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
     return _with(p, lA, uA, lbias, ubias)
