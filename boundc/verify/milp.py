@@ -140,7 +140,7 @@ class MilpEncoding(Interpreter):
         """Give ``n`` its variables and its kind of constraints, or record why it cannot be encoded."""
         if has(n.op, "affine") and not has(n.op, "reads_spec"):
             pert = [i for i in n.inputs if i is not None and self.g[i].perturbed]
-            if n.op == "mul" and len(pert) != 1:  # affine in one factor only (no trait of the op table says so)
+            if has(n.op, "bilinear") and len(pert) != 1:
                 self.problems.append(f"{n.where()}: a product of two perturbed values is not linear")
                 return
             self.affine.append(n.name)

@@ -58,8 +58,8 @@ def check_rules(g: Graph, domains: tuple[str, ...]) -> None:
         elif n.perturbed:
             if not any(get_rule(n.op, d) for d in domains):
                 problems.append(f"op '{n.op}' has no {'/'.join(domains)} rule: {n.where()}")
-            elif n.op == "mul" and all(g[i].perturbed for i in n.inputs):
-                if not all(get_rule("mul", d) for d in domains):
+            elif has(n.op, "bilinear") and all(g[i].perturbed for i in n.inputs):
+                if not all(get_rule(n.op, d) for d in domains):
                     problems.append(f"product of two input-dependent values: {n.where()}")
         elif get_rule(n.op, "eval") is None:
             problems.append(f"op '{n.op}' has no concrete rule: {n.where()}")

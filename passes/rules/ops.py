@@ -39,6 +39,7 @@ class OpDef:
     Traits (all ``False`` unless set):
 
     * ``affine``: affine in its perturbed input(s) when every other input is constant;
+    * ``bilinear``: a product: affine only while at most one factor is perturbed;
     * ``elementwise``: output entry ``i`` depends on input entry ``i`` only;
     * ``monotone``: non-decreasing in its (single) perturbed input: IBP maps the end points;
     * ``mixing``: mixes entries linearly (linear / conv / average pooling): IBP is exact for one of them;
@@ -60,6 +61,7 @@ class OpDef:
     eval: Callable[..., Any] | None = None
     attrs: tuple[str, ...] = ()
     affine: bool = False
+    bilinear: bool = False
     elementwise: bool = False
     monotone: bool = False
     mixing: bool = False
@@ -124,7 +126,7 @@ defop("scale_shift", "(x, scale?, shift?) -> x * scale + shift, constants broadc
 defop("add", "(x, y) elementwise sum of two values", C.add, affine=True, elementwise=True)
 defop("sub", "(x, y) elementwise difference of two values", C.sub, affine=True, elementwise=True)
 defop("mul", "(x, y) elementwise product (affine when one factor is constant)", C.mul, affine=True,
-      elementwise=True)
+      bilinear=True, elementwise=True)
 defop("reshape", "(x) attrs shape (batch dimension written as -1)", C.reshape, ("shape",), affine=True,
       monotone=True, structural=True)
 defop("permute", "(x) attrs dims", C.permute, ("dims",), affine=True, monotone=True, structural=True)
