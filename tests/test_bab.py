@@ -183,3 +183,56 @@ def test_tightened_intermediate_bounds_are_sound_and_never_looser(act) -> None:
         assert torch.all(lo >= before[k][0].flatten(1)) and torch.all(up <= before[k][1].flatten(1)), k
         shrunk += float(((before[k][1] - before[k][0]) - (b.upper - b.lower)).sum())
     assert shrunk > 1e-3, shrunk
+
+
+def _smooth_net(seed: int, act: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(2, 12), act(), nn.Linear(12, 12), act(), nn.Linear(12, 3)).double().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0)  # steep enough that the box matters
+    return net
+
+
+@pytest.mark.parametrize("act", [nn.Sigmoid, nn.Tanh])
+def test_bab_cuts_smooth_activations_soundly_and_beyond_the_root_bound(act) -> None:
+    """A network with no ReLU is branched on its activations' input intervals.  With ``m`` the minimum of
+    the margin over a dense grid of the 2-d box and ``r`` the optimised root bound: the threshold
+    ``m + 0.05·(m - r)`` (violated at a grid point) is never ``verified``, and the threshold
+    ``r + 0.1·(m - r)`` (true, beyond the root bound) is proved."""
+    for seed in range(2):
+        model = _smooth_net(seed, act)
+        x = torch.rand(1, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        label = int(model(x).argmax())
+        c = torch.zeros(3, dtype=torch.float64)
+        c[label], c[(label + 1) % 3] = 1.0, -1.0
+        eps = 1.0
+        xl, xu = x - eps, x + eps
+        g = torch.linspace(0, 1, 401, dtype=torch.float64)
+        grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            m = float((model(xl + (xu - xl) * grid) @ c).min())
+        _, _, sb, _, _ = _setup(model, x, eps)
+        sb.set_spec(c[None])
+        assert sb.smooth and not sb.relus
+        root, _, _ = optimise(sb, Domains.root(sb, torch.zeros(1, dtype=torch.bool)), 40, BabOptions(),
+                              time.monotonic() + 60)
+        r = float(root.lower[0, 0])
+        assert r <= m + 1e-9
+        gap = m - r
+        assert gap > 0.05, (seed, m, r)
+
+        def falsify(xs: torch.Tensor, d: float, model=model, c=c):
+            with torch.no_grad():
+                v = model(xs.reshape(xs.shape[0], -1)) @ c
+            i = int(v.argmin())
+            return xs[i] if float(v[i]) <= d else None
+
+        for d, deadline in ((m + 0.05 * gap, 4), (r + 0.1 * gap, 60)):
+            res = branch_and_bound(sb, torch.tensor([d], dtype=torch.float64), [1], torch.ones(1, dtype=torch.bool),
+                                   deadline=time.monotonic() + deadline, opts=BabOptions(batch=32),
+                                   falsify=lambda xs, d=d, f=falsify: f(xs, d))
+            if d > m:
+                assert res.verdict is not Verdict.VERIFIED, (seed, d, m)  # soundness
+            else:
+                assert res.verdict is Verdict.VERIFIED and res.domains > 1, (seed, d, r, m, res.detail)

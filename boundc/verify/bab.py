@@ -13,6 +13,11 @@ in which
 * every split adds its constraint as a Lagrangian term ``β·σ·z`` (β >= 0,
   :func:`~boundc.methods_linear.add_split_terms`), optimised jointly with α.
 
+A network whose activations are smooth (sigmoid, tanh, ...) is split on those
+instead: a *cut* halves one neuron's input interval (at 0, their inflection
+point, when it lies well inside, else at the midpoint), so each child relaxes
+it on a narrower interval (no β: the children's tighter lines do the work).
+
 Domains are bounded in batches (the batch is the walk's batch dimension, on
 whatever device the model is on); children start from their parent's α and β.
 The domain with the worst bound is split first, on the neuron of highest
@@ -29,7 +34,7 @@ import enum
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -42,7 +47,7 @@ from boundc.methods_linear import build_walk, emit_start, user_kinks
 from boundc.passes.graph.planning import ancestors
 from boundc.passes.graph.spec import attach_spec
 from boundc.passes.rules.backward import Coeffs
-from boundc.passes.rules.engine import lower_rows_only, undecided
+from boundc.passes.rules.engine import lower_rows_only, relaxation_kinks, undecided
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.ops import OPS
 from boundc.verify.cascade import Verdict
@@ -105,6 +110,17 @@ def splittable(g: Graph) -> list[str]:
     return [n.name for n in g if n.op == "relu" and n.perturbed]
 
 
+def cuttable(g: Graph) -> list[str]:
+    """The curved elementwise activations of ``g`` (a relaxation without break points: sigmoid, tanh, ...)
+    whose input intervals branch and bound may cut (the perturbed ones)."""
+    return [n.name for n in g if n.perturbed and OPS[n.op].elementwise and OPS[n.op].relaxation is not None
+            and relaxation_kinks(n.op, n.attrs) is None]
+
+
+#: A neuron's input interval narrower than this is not cut further.
+MIN_CUT_WIDTH = 1e-4
+
+
 class SpecBounds:
     """β-CROWN bounds of ``C·f(x)`` on batches of sub-domains of one input box.
 
@@ -119,11 +135,13 @@ class SpecBounds:
         root, start, _ = emit_start(em)
         self._start = em.finish(start, start)
         on_path = set(ancestors(g, root))
-        self.relus = [r for r in splittable(g) if r in on_path]  # none: the root bound alone (no branching)
-        self.pre = {r: g[r].inputs[0] for r in self.relus}
-        self.shapes = {r: tuple(g[r].shape[1:]) for r in self.relus}
+        self.relus = [r for r in splittable(g) if r in on_path]
+        # smooth activations are cut only in a network with no ReLU (neither: the root bound alone)
+        self.smooth = [] if self.relus else [a for a in cuttable(g) if a in on_path]
+        self.pre = {r: g[r].inputs[0] for r in self.relus + self.smooth}
+        self.shapes = {r: tuple(g[r].shape[1:]) for r in self.relus + self.smooth}
         self.input = g.input.name
-        taps = tuple(self.relus) + (self.input,)
+        taps = tuple(self.relus) + tuple(self.smooth) + (self.input,)
         self.walk, self.names, self.bmap, amap = build_walk(g, root, "crown", with_alpha=True,
                                                             splits=tuple(self.relus), taps=taps)
         self.alphas = {k: v for k, v in amap.items() if k.startswith("alpha_")}
@@ -248,9 +266,12 @@ class SpecBounds:
             b = bounds[n.inputs[0]]
             alpha.copy_(fn(alpha, b.lower.unsqueeze(1), b.upper.unsqueeze(1), **n.attrs))
 
-    def domain_bounds(self, splits: dict[str, Tensor]) -> dict[str, Interval]:
-        """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits."""
-        N = _count(splits)
+    def domain_bounds(self, splits: dict[str, Tensor], cuts: dict[str, Tensor] | None = None
+                      ) -> dict[str, Interval]:
+        """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits and the cuts
+        (per smooth activation (N, 2, n): a lower and an upper bound of its input)."""
+        cuts = cuts or {}
+        N = _count(splits, cuts)
         out = {}
         for node, b in self.root_bounds.items():
             out[node] = Interval(b.lower.expand((N,) + b.lower.shape[1:]), b.upper.expand((N,) + b.upper.shape[1:]))
@@ -260,14 +281,20 @@ class SpecBounds:
             b = out[p]
             out[p] = Interval(torch.where(s > 0, b.lower.clamp(min=0), b.lower),
                               torch.where(s < 0, b.upper.clamp(max=0), b.upper))
+        for a, c in cuts.items():
+            p = self.pre[a]
+            b = out[p]
+            lo, up = (c[:, k].reshape((N,) + self.shapes[a]) for k in (0, 1))
+            out[p] = Interval(torch.maximum(b.lower, lo), torch.minimum(b.upper, up))
         return out
 
     def run(self, splits: dict[str, Tensor], alpha: dict[str, Tensor], beta: dict[str, Tensor],
             bounds: dict[str, Interval] | None = None) -> tuple[Tensor, list[Tensor]]:
-        """One backward pass: lower bounds (N, S) and the tapped lower coefficients (per ReLU output, then
-        the input).  ``beta``: β >= 0 per split ReLU, (N, S, n); the sign comes from the splits."""
-        N = _count(splits)
+        """One backward pass: lower bounds (N, S) and the tapped lower coefficients (per ReLU output, per
+        smooth activation's output, then the input).  ``beta``: β >= 0 per split ReLU, (N, S, n); the sign
+        comes from the splits.  ``bounds``: the domains' bounds (:meth:`domain_bounds`), needed with cuts."""
         bounds = self.domain_bounds(splits) if bounds is None else bounds
+        N = _count(splits, None, bounds)
         args: dict[str, object] = {
             "start": Coeffs(*(t.expand((N,) + t.shape[1:]) for t in self.start)),
             "x_lower": self.x_lower.expand((N,) + self.x_lower.shape[1:]),
@@ -284,18 +311,27 @@ class SpecBounds:
         return out[0], list(out[2:])
 
     def unstable(self, bounds: dict[str, Interval], splits: dict[str, Tensor]) -> dict[str, Tensor]:
-        """(N, n) masks of the free neurons whose pre-activation interval contains 0 strictly."""
+        """(N, n) masks of the neurons that can be split: free ReLUs whose input interval contains 0
+        strictly, and smooth activations whose input interval is wider than :data:`MIN_CUT_WIDTH`."""
         out = {}
         for r in self.relus:
             b = bounds[self.pre[r]]
             lo, up = b.lower.flatten(1), b.upper.flatten(1)
             out[r] = (lo < 0) & (up > 0) & (splits[r] == 0)
+        for a in self.smooth:
+            b = bounds[self.pre[a]]
+            out[a] = (b.upper - b.lower).flatten(1) > MIN_CUT_WIDTH
         return out
 
 
-def _count(splits: dict[str, Tensor]) -> int:
+def _count(splits: dict[str, Tensor], cuts: dict[str, Tensor] | None = None,
+           bounds: dict[str, Interval] | None = None) -> int:
     """The number of domains of a batch (one when nothing can be split: the root)."""
-    return next(iter(splits.values())).shape[0] if splits else 1
+    for t in (*splits.values(), *(cuts or {}).values()):
+        return t.shape[0]
+    for b in (bounds or {}).values():
+        return max(b.lower.shape[0], 1)
+    return 1
 
 
 def cast_graph(g: Graph, dtype: torch.dtype, device: torch.device | str = "cpu") -> Graph:
@@ -310,14 +346,15 @@ def cast_graph(g: Graph, dtype: torch.dtype, device: torch.device | str = "cpu")
 
 @dataclass
 class Domains:
-    """A batch of domains: splits (int8, per ReLU (N, n)), α, β, lower bounds (N, S) and per-disjunct
-    exclusion flags (N, D)."""
+    """A batch of domains: splits (int8, per ReLU (N, n)), α, β, lower bounds (N, S), per-disjunct
+    exclusion flags (N, D) and cuts (per smooth activation (N, 2, n): bounds of its input)."""
 
     splits: dict[str, Tensor]
     alpha: dict[str, Tensor]
     beta: dict[str, Tensor]
     lower: Tensor
     excluded: Tensor
+    cuts: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.lower.shape[0]
@@ -328,13 +365,16 @@ class Domains:
         dev = sb.device
         splits = {r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8, device=dev) for r in sb.relus}
         beta = {r: torch.zeros(1, sb.S, math.prod(sb.shapes[r]), dtype=sb.dtype, device=dev) for r in sb.relus}
-        return Domains(splits, sb.alpha_init(), beta,
-                       torch.full((1, sb.S), float("-inf"), dtype=sb.dtype, device=dev), excluded.to(dev).unsqueeze(0))
+        inf = torch.tensor([[float("-inf")], [float("inf")]], dtype=sb.dtype, device=dev)
+        cuts = {a: inf.expand(2, math.prod(sb.shapes[a])).unsqueeze(0).clone() for a in sb.smooth}
+        return Domains(splits, sb.alpha_init(), beta, torch.full((1, sb.S), float("-inf"), dtype=sb.dtype, device=dev),
+                       excluded.to(dev).unsqueeze(0), cuts)
 
     def take(self, idx: Tensor) -> Domains:
         """The domains ``idx``."""
         return Domains({k: v[idx] for k, v in self.splits.items()}, {k: v[:, idx] for k, v in self.alpha.items()},
-                       {k: v[idx] for k, v in self.beta.items()}, self.lower[idx], self.excluded[idx])
+                       {k: v[idx] for k, v in self.beta.items()}, self.lower[idx], self.excluded[idx],
+                       {k: v[idx] for k, v in self.cuts.items()})
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
@@ -343,11 +383,13 @@ class Domains:
         return Domains({k: torch.cat([p.splits[k] for p in parts]) for k in a.splits},
                        {k: torch.cat([p.alpha[k] for p in parts], 1) for k in a.alpha},
                        {k: torch.cat([p.beta[k] for p in parts]) for k in a.beta},
-                       torch.cat([p.lower for p in parts]), torch.cat([p.excluded for p in parts]))
+                       torch.cat([p.lower for p in parts]), torch.cat([p.excluded for p in parts]),
+                       {k: torch.cat([p.cuts[k] for p in parts]) for k in a.cuts})
 
     def nbytes(self) -> int:
         """Bytes held."""
-        ts = [*self.splits.values(), *self.alpha.values(), *self.beta.values(), self.lower, self.excluded]
+        ts = [*self.splits.values(), *self.alpha.values(), *self.beta.values(), self.lower, self.excluded,
+              *self.cuts.values()]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -384,7 +426,7 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
     """Optimise α and β of a batch with Adam, keeping per row the best bound seen (never worse than the
     bound at the starting parameters, nor than ``dom.lower``, e.g. the parent's bound).  Returns the
     improved domains, the taps and the domain bounds."""
-    bounds = sb.domain_bounds(dom.splits)
+    bounds = sb.domain_bounds(dom.splits, dom.cuts)
     alpha = {k: v.clone().requires_grad_(True) for k, v in dom.alpha.items()}
     beta = {k: v.clone().requires_grad_(True) for k, v in dom.beta.items()}
     groups = [{"params": [v], "lr": opts.lr_alpha * sb.lr_scale(sb.alphas[k])} for k, v in alpha.items()]
@@ -421,14 +463,15 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
                 for v in beta.values():
                     v.clamp_(min=0)
     taps = [t.detach() for t in taps]
-    return Domains(dom.splits, best_a, best_b, best, dom.excluded), taps, bounds
+    return Domains(dom.splits, best_a, best_b, best, dom.excluded, dom.cuts), taps, bounds
 
 
 def _scores(sb: SpecBounds, taps: list[Tensor], bounds: dict[str, Interval], splits: dict[str, Tensor],
             weights: Tensor) -> Tensor:
     """(N, total free neurons) BaBSR-style scores: per unstable neuron, the intercept of its upper line
     times the weight the bound puts on it (``-λ``, where the bound uses the upper line), plus a small
-    term for the lower line; ``-inf`` where a neuron cannot be split."""
+    term for the lower line; for a smooth activation, the weight times its input width squared (the
+    gap of its relaxation grows so); ``-inf`` where a neuron cannot be split."""
     mask = sb.unstable(bounds, splits)
     out = []
     for r, lam in zip(sb.relus, taps):
@@ -440,14 +483,41 @@ def _scores(sb: SpecBounds, taps: list[Tensor], bounds: dict[str, Interval], spl
         s = (lam.clamp(max=0).neg() * intercept.unsqueeze(1)).sum(1)
         s = s + 1e-3 * (lam.abs() * (up - lo).unsqueeze(1)).sum(1)
         out.append(torch.where(mask[r], s, torch.full_like(s, float("-inf"))))
+    for a, lam in zip(sb.smooth, taps[len(sb.relus):]):  # the relaxation gap grows with the width squared
+        b = bounds[sb.pre[a]]
+        width = (b.upper - b.lower).flatten(1)
+        s = (lam.flatten(2).abs() * weights.unsqueeze(-1).to(lam.dtype)).sum(1) * width.square()
+        out.append(torch.where(mask[a], s, torch.full_like(s, float("-inf"))))
     return torch.cat(out, 1)
 
 
-def _children(sb: SpecBounds, dom: Domains, choice: Tensor) -> Domains:
-    """Two children per domain, split on the flat neuron index ``choice`` (N,): active first, then inactive."""
+def _cut_point(lo: Tensor, up: Tensor) -> Tensor:
+    """Where to cut the input intervals ``[lo, up]`` of smooth activations: at 0 (the inflection point of
+    sigmoid and tanh) when it lies in the middle 80 %, else at the midpoint."""
+    mid = (lo + up) / 2
+    inside = (lo + 0.1 * (up - lo) < 0) & (up - 0.1 * (up - lo) > 0)
+    return torch.where(inside, torch.zeros_like(mid), mid)
+
+
+def _children(sb: SpecBounds, dom: Domains, choice: Tensor, bounds: dict[str, Interval]) -> Domains:
+    """Two children per domain, split on the flat neuron index ``choice`` (N,) (ReLUs first, then smooth
+    activations): active first, then inactive; a smooth activation's input interval (``bounds``: the
+    domains' own) is cut in two, the lower part first."""
     N = len(dom)
-    sizes = [math.prod(sb.shapes[r]) for r in sb.relus]
+    sizes = [math.prod(sb.shapes[r]) for r in sb.relus + sb.smooth]
     offsets = torch.tensor([0, *sizes], device=choice.device).cumsum(0)
+    cuts = {}
+    for k, a in enumerate(sb.smooth, start=len(sb.relus)):
+        c = dom.cuts[a].repeat(2, 1, 1)
+        local = choice - offsets[k]
+        rows = torch.nonzero((local >= 0) & (local < sizes[k])).flatten()
+        if rows.numel():
+            cols = local[rows]
+            b = bounds[sb.pre[a]]
+            m = _cut_point(b.lower.flatten(1)[rows, cols], b.upper.flatten(1)[rows, cols])
+            c[rows, 1, cols] = m
+            c[rows + N, 0, cols] = m
+        cuts[a] = c
     splits = {}
     for k, r in enumerate(sb.relus):
         s = dom.splits[r].repeat(2, 1)
@@ -459,9 +529,12 @@ def _children(sb: SpecBounds, dom: Domains, choice: Tensor) -> Domains:
             s[rows, cols] = 1
             s[rows + N, cols] = -1
         splits[r] = s
-    return Domains(splits, {k: v.repeat(1, 2, *([1] * (v.dim() - 2))) for k, v in dom.alpha.items()},
-                   {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in dom.beta.items()},
-                   dom.lower.repeat(2, 1), dom.excluded.repeat(2, 1))
+    alpha = {k: v.repeat(1, 2, *([1] * (v.dim() - 2))) for k, v in dom.alpha.items()}
+    if cuts:  # a parent's tangent points may lie outside a child's narrower interval: start from CROWN's
+        kb = sb.domain_bounds(splits, cuts)
+        alpha = {k: sb.crown_alpha(sb.alphas[k], kb, sb.S) for k in alpha}
+    return Domains(splits, alpha, {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in dom.beta.items()},
+                   dom.lower.repeat(2, 1), dom.excluded.repeat(2, 1), cuts)
 
 
 def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, Interval], problem: _Problem,
@@ -475,9 +548,9 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
     rep = dom.take(torch.arange(N, device=cand.device).repeat(k))
-    kids = _children(sb, rep, flat)
+    kids = _children(sb, rep, flat, sb.domain_bounds(rep.splits, rep.cuts))
     with torch.no_grad():
-        lower, _ = sb.run(kids.splits, kids.alpha, kids.beta)
+        lower, _ = sb.run(kids.splits, kids.alpha, kids.beta, sb.domain_bounds(kids.splits, kids.cuts))
     v = problem.value(lower, kids.excluded)
     v = torch.minimum(v[:N * k], v[N * k:]).reshape(k, N)
     v = torch.where(torch.isfinite(score.gather(1, cand).T), v, torch.full_like(v, float("-inf")))
@@ -523,10 +596,10 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     queue, cex = settle(root, taps)
     if cex is not None:
         return BabResult(Verdict.FALSIFIED, cex, count, float("-inf"), "counterexample at a root vertex")
-    if len(queue) and not sb.relus:
+    if len(queue) and not (sb.relus or sb.smooth):
         low = _global(problem, queue)
-        return BabResult(Verdict.UNKNOWN, None, count, low, f"no ReLU to branch on (optimised root bound: worst "
-                                                             f"margin {low:.4g})")
+        return BabResult(Verdict.UNKNOWN, None, count, low, f"no activation to branch on (optimised root bound: "
+                                                             f"worst margin {low:.4g})")
     bar = tqdm(desc="branch and bound", unit="dom", disable=None if opts.progress else True, leave=False)
     try:
         while len(queue):
@@ -541,16 +614,16 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
             order = v.argsort()
             pick, rest = order[:opts.batch], order[opts.batch:]
             batch = queue.take(pick)
-            bbounds = sb.domain_bounds(batch.splits)
+            bbounds = sb.domain_bounds(batch.splits, batch.cuts)
             with torch.no_grad():  # the coefficients for branching (not kept in the queue: memory)
                 _, btaps = sb.run(batch.splits, batch.alpha, batch.beta, bbounds)
             unstable = sb.unstable(bbounds, batch.splits)
             stuck = ~torch.stack([m.any(1) for m in unstable.values()], 1).any(1)
             if bool(stuck.any()):
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
-                                 "a domain with every ReLU split or stable is still open")
+                                 "a domain with nothing left to split is still open")
             choice = _choose(sb, batch, btaps, bbounds, problem, opts)
-            kids = _children(sb, batch, choice)
+            kids = _children(sb, batch, choice, bbounds)
             kids, ktaps, _ = optimise(sb, kids, opts.iterations, opts, deadline)
             count += len(kids)
             kids, cex = settle(kids, ktaps)
@@ -572,4 +645,5 @@ def _global(problem: _Problem, queue: Domains) -> float:
     return float(problem.value(queue.lower, queue.excluded).min())
 
 
-__all__ = ["BabOptions", "BabResult", "Branching", "Domains", "SpecBounds", "branch_and_bound", "optimise", "splittable"]
+__all__ = ["BabOptions", "BabResult", "Branching", "Domains", "SpecBounds", "branch_and_bound", "cuttable", "optimise",
+           "splittable"]
