@@ -16,6 +16,7 @@ from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.ops import opdef
 from onnx import helper as h
 from onnx import numpy_helper
+from test_milp import _mlp, _Residual  # the same small nets as the MILP tests
 from torch import nn
 
 import boundc
@@ -24,25 +25,6 @@ from boundc.interpreter import Interpreter, ReverseWalk
 from boundc.ir import Graph, Node
 from boundc.methods_linear import add_split_terms, build_walk
 from boundc.verify.milp import MilpEncoding, MilpVerifier
-
-
-class _Residual(nn.Module):
-    """conv → relu → conv + skip → relu → flatten → linear: a node with two users (the reverse walk sums)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(1, 3, 3, padding=1)
-        self.c2 = nn.Conv2d(3, 1, 3, padding=1)
-        self.fc = nn.Linear(16, 3)
-
-    def forward(self, x):
-        h = torch.relu(self.c1(x))
-        h = torch.relu(self.c2(h) + x)
-        return self.fc(h.flatten(1))
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
 def _cnn() -> nn.Module:
