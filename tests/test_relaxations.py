@@ -199,3 +199,21 @@ def test_relu_adaptive_and_fastlin_slopes() -> None:
 def test_every_smooth_relaxation_is_classified() -> None:
     assert {op for op, d in OPS.items() if d.relaxation is not None and d.relaxation.kinks is None} == \
         set(SMOOTH) | set(OTHER_CURVED) | set(STEPS)
+
+
+@pytest.mark.parametrize("fn", [R.SIGMOID, R.TANH, R.SILU, R.GELU["none"]], ids=["sigmoid", "tanh", "silu", "gelu"])
+def test_known_tangent_point_gap_matches_the_bisection(fn) -> None:
+    """With the tangent point known, the intercept's gap skips the bisection on the concave piece holding it:
+    never below the sampled maximum of ``F - s x``, and within rounding of the bisection's bound."""
+    l, u = _boxes(torch.float64)
+    t = torch.rand(l.shape, generator=torch.Generator().manual_seed(5), dtype=l.dtype)
+    d = l + (u - l) * t
+    for sign in (1.0, -1.0):
+        side = R._Side(fn, sign)
+        s = side.dF(d)
+        fast = R._max_gap(side, s, l, u, d)
+        slow = R._max_gap(side, s, l, u)
+        xs = _grid(l, u)
+        true = (side.F(xs) - s * xs).max(0).values
+        assert bool((fast >= true - _tol(true, torch.float64)).all())
+        assert bool((fast <= slow + 4 * _tol(slow, torch.float64)).all())

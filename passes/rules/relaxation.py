@@ -316,12 +316,31 @@ def _piece(l: Tensor, u: Tensor, region: tuple[float, float]) -> tuple[Tensor, T
     return torch.where(ok, a, l), torch.where(ok, b, l), ok
 
 
-def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
+def _cap_gap(side: _Side, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """An upper bound on ``max over [a, b] of F(x) - s x`` for ``[a, b]`` inside one concave region of ``F``:
+    there ``F - s x`` is concave, so its tangents at the ends of the bisection bracket of ``F' = s`` bound it
+    on the whole bracket."""
+
+    def gap(x: Tensor) -> Tensor:
+        return side.F(x) - s * x
+
+    lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False, iters=_GAP_ITERS)
+    # on the bracket the concave gap lies below its tangents at lo and at hi: bound it by their meeting point
+    glo, ghi = gap(lo), gap(hi)
+    slo, shi = side.dF(lo) - s, side.dF(hi) - s
+    t = ((ghi - glo - shi * (hi - lo)) / torch.where(slo > shi, slo - shi, torch.ones_like(slo)))
+    meet = glo + slo * torch.minimum(t.clamp(min=0), hi - lo)
+    cand = torch.where(slo <= 0, glo, torch.where(shi >= 0, ghi, meet))
+    return torch.maximum(cand, torch.maximum(glo, ghi))
+
+
+def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = None) -> Tensor:
     """An upper bound on ``max over [l, u] of F(x) - s x``, tight up to rounding.
 
     The maximum lies at an end point, at an inflection point, or where ``F' = s`` in a region where
-    ``F`` is concave; there ``F - s x`` is concave, so its tangents at the ends of the bisection
-    bracket bound it on the whole bracket.
+    ``F`` is concave (:func:`_cap_gap`).  ``at``: a point with ``F'(at) == s`` where known (the tangent
+    point of the line): on the concave piece that holds it the maximum is at ``at``, and the bisection
+    runs only on the entries that still need it.
     """
 
     def gap(x: Tensor) -> Tensor:
@@ -332,15 +351,17 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
         best = torch.maximum(best, gap(torch.minimum(torch.maximum(l.new_tensor(p).expand_as(l), l), u)))
     for region in side.caps:
         a, b, ok = _piece(l, u, region)
-        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False, iters=_GAP_ITERS)
-        # on the bracket the concave gap lies below its tangents at lo and at hi: bound it by their meeting point
-        glo, ghi = gap(lo), gap(hi)
-        slo, shi = side.dF(lo) - s, side.dF(hi) - s
-        t = ((ghi - glo - shi * (hi - lo)) / torch.where(slo > shi, slo - shi, torch.ones_like(slo)))
-        meet = glo + slo * torch.minimum(t.clamp(min=0), hi - lo)
-        cand = torch.where(slo <= 0, glo, torch.where(shi >= 0, ghi, meet))
-        cand = torch.maximum(cand, torch.maximum(glo, ghi))
-        best = torch.where(ok, torch.maximum(best, cand), best)
+        if at is None or torch.jit.is_tracing():
+            best = torch.where(ok, torch.maximum(best, _cap_gap(side, s, a, b)), best)
+            continue
+        known = ok & (at >= a) & (at <= b) & (side.dF(at) == s)
+        best = torch.where(known, torch.maximum(best, gap(at)), best)
+        need = (ok & ~known).expand(best.shape).reshape(-1).nonzero().flatten()
+        if need.numel():  # the bisection on those entries only
+            sub = [t.expand(best.shape).reshape(-1)[need] for t in (s, a, b)]
+            flat = best.reshape(-1)
+            cand = _cap_gap(side, sub[0], sub[1], sub[2])
+            best = flat.index_put((need,), torch.maximum(flat[need], cand)).reshape(best.shape)
     return best
 
 
@@ -358,11 +379,6 @@ def _through(side: _Side, x0: Tensor, l: Tensor, u: Tensor, region: tuple[float,
 
     lo, hi = _bisect(h, a, b, increasing=right)
     return hi if right else lo
-
-
-def _slope_at(side: _Side, d: Tensor, l: Tensor, u: Tensor) -> Tensor:
-    """The slope of ``F``'s tangent at ``d`` projected into ``[l, u]``."""
-    return side.dF(torch.minimum(torch.maximum(d, l), u))
 
 
 def _crown_slope(side: _Side, l: Tensor, u: Tensor, want_point: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -417,9 +433,10 @@ def _point_of_slope(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
     return d
 
 
-def _line(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
-    """The sound intercept (of ``F``'s upper line of slope ``s``), rounded outward."""
-    b = _max_gap(side, s, l, u)
+def _line(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = None) -> Tensor:
+    """The sound intercept (of ``F``'s upper line of slope ``s``, the tangent at ``at`` where known), rounded
+    outward."""
+    b = _max_gap(side, s, l, u, at)
     reach = torch.maximum(l.abs(), u.abs())
     eps = torch.finfo(b.dtype).eps
     b = b + _fp_slack(b) + _fp_slack(s * reach) + eps * (side.F(l).abs() + side.F(u).abs())
@@ -437,12 +454,14 @@ def smooth_lines(fn: Smooth, l: Tensor, u: Tensor, alpha: Tensor | None = None) 
     if alpha is None:
         us, _ = _crown_slope(up, l, u)
         ls, _ = _crown_slope(low, l, u)
+        du = dl = None
     else:
-        us, ls = _slope_at(up, alpha[0], l, u), _slope_at(low, alpha[1], l, u)
+        du, dl = (torch.minimum(torch.maximum(a, l), u) for a in (alpha[0], alpha[1]))
+        us, ls = up.dF(du), low.dF(dl)
     if fn.monotone:  # rounding can tip a flat secant below 0; any slope is sound (exact intercepts)
         us, ls = us.clamp(min=0), ls.clamp(max=0)
-    ub = _line(up, us, l, u)
-    lb = _line(low, ls, l, u)
+    ub = _line(up, us, l, u, du)
+    lb = _line(low, ls, l, u, dl)
     return Lines(-ls, -lb, us, ub)
 
 
