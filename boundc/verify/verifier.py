@@ -35,6 +35,7 @@ from torch import Tensor
 import boundc
 from boundc.errors import BoundcError, DeadlineExceeded
 from boundc.frontends.vnnlib import Spec, read_vnnlib
+from boundc.options import CompileOptions, LinearOptions
 from boundc.passes.graph.analysis import evaluate
 from boundc.passes.rules.engine import deadline as deadline_of_bounds
 from boundc.verify.attacks import pgd
@@ -171,7 +172,10 @@ class VerifierModel:
 
         self.precision = VerifyOptions(precision=self.precision).precision
         self.method = resolve_method(self.method)
-        self.bm = boundc.compile(self.path, method=self.method).eval()
+        # the cascade reads only lower bounds of the property's rows (node bounds meet IBP's, so the
+        # output's skipped upper side is IBP's there)
+        self.bm = boundc.compile(self.path, method=self.method,
+                                 options=CompileOptions(linear=LinearOptions(output_upper=False))).eval()
         self.graph = self.bm.graph
         self.input_shape = tuple(self.bm.input_shape)
         self.num_inputs = int(np.prod(self.input_shape))
