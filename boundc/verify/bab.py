@@ -289,11 +289,10 @@ class SpecBounds:
         return out
 
     def run(self, splits: dict[str, Tensor], alpha: dict[str, Tensor], beta: dict[str, Tensor],
-            bounds: dict[str, Interval] | None = None) -> tuple[Tensor, list[Tensor]]:
+            bounds: dict[str, Interval]) -> tuple[Tensor, list[Tensor]]:
         """One backward pass: lower bounds (N, S) and the tapped lower coefficients (per ReLU output, per
         smooth activation's output, then the input).  ``beta``: β >= 0 per split ReLU, (N, S, n); the sign
-        comes from the splits.  ``bounds``: the domains' bounds (:meth:`domain_bounds`), needed with cuts."""
-        bounds = self.domain_bounds(splits) if bounds is None else bounds
+        comes from the splits.  ``bounds``: the domains' bounds (:meth:`domain_bounds` of their splits and cuts)."""
         N = _count(splits, None, bounds)
         args: dict[str, object] = {
             "start": Coeffs(*(t.expand((N,) + t.shape[1:]) for t in self.start)),

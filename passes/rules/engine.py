@@ -261,5 +261,4 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 __all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "lower_rows_only", "start_identity",
-           "start_spec", "unbounded_above",
-           "start_spec_linear", "unflatten_output"]
+           "start_spec", "start_spec_linear", "unbounded_above", "unflatten_output"]
