@@ -217,3 +217,29 @@ def test_known_tangent_point_gap_matches_the_bisection(fn) -> None:
         true = (side.F(xs) - s * xs).max(0).values
         assert bool((fast >= true - _tol(true, torch.float64)).all())
         assert bool((fast <= slow + 4 * _tol(slow, torch.float64)).all())
+
+
+@pytest.mark.parametrize("fn", [R.SIGMOID, R.TANH, R.ERF, R.SOFTSIGN], ids=["sigmoid", "tanh", "erf", "softsign"])
+def test_closed_form_slope_points_match_the_bisection(fn) -> None:
+    """``Smooth.dinv`` (the inverse of ``f'`` on each side of the inflection point) replaces the bisections of
+    ``F' = s``: ``f'(dinv(f'(x))) == f'(x)``, and the gap it bounds is never below the sampled maximum of
+    ``F - s x`` and never above the bisection's bound (beyond rounding), for slopes inside and outside ``f'``'s range."""
+    import dataclasses
+
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64)
+    y = fn.df(x)
+    back = torch.where(x >= 0, fn.dinv(y, True), fn.dinv(y, False))
+    assert torch.allclose(fn.df(back), y, rtol=1e-9, atol=1e-15)
+    bisecting = dataclasses.replace(fn, dinv=None)
+    l, u = _boxes(torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    for sign in (1.0, -1.0):
+        side, slow_side = R._Side(fn, sign), R._Side(bisecting, sign)
+        s = side.dF(l + (u - l) * torch.rand(l.shape, generator=gen, dtype=l.dtype))
+        s = s * (0.5 + torch.rand(l.shape, generator=gen, dtype=l.dtype))  # some beyond f'(x)'s range
+        fast = R._max_gap(side, s, l, u)
+        slow = R._max_gap(slow_side, s, l, u)
+        xs = _grid(l, u)
+        true = (side.F(xs) - s * xs).max(0).values
+        assert bool((fast >= true - _tol(true, torch.float64)).all())
+        assert bool((fast <= slow + 4 * _tol(slow, torch.float64)).all())

@@ -258,7 +258,10 @@ class Smooth:
     ``eval_ulps``: the eval function's rounding error in units of ``eps * (1 + |x|)``
     (``F.gelu`` cancels in ``1 + erf`` for ``x << 0``); ``monotone``: non-decreasing (slopes
     are kept >= 0); ``argmin`` / ``minimum``: the global minimiser and minimum of a
-    non-monotone (unimodal) ``f``.
+    non-monotone (unimodal) ``f``; ``dinv``: for a function with one inflection point,
+    where ``f'`` peaks, the inverse of ``f'`` right (``dinv(y, True)``) or left of it,
+    the inflection point for ``y`` above the peak and ``±inf`` for ``y <= 0`` (spares
+    the bisections: the tangent points of a slope are then closed-form).
     """
 
     f: Callable[[Tensor], Tensor]
@@ -271,6 +274,7 @@ class Smooth:
     monotone: bool = True
     argmin: float | None = None
     minimum: float | None = None
+    dinv: Callable[[Tensor, bool], Tensor] | None = None
 
     def regions(self, concave: bool) -> list[tuple[float, float]]:
         """The maximal intervals on which ``f`` is concave (``concave``) or convex."""
@@ -316,13 +320,30 @@ def _piece(l: Tensor, u: Tensor, region: tuple[float, float]) -> tuple[Tensor, T
     return torch.where(ok, a, l), torch.where(ok, b, l), ok
 
 
-def _cap_gap(side: _Side, s: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def _slope_point(side: _Side, s: Tensor, a: Tensor, b: Tensor, region: tuple[float, float]) -> Tensor | None:
+    """The point of ``[a, b]`` (inside ``region``, one convexity region of ``F``) nearest to where ``F' = s``,
+    in closed form (``Smooth.dinv``); ``None`` without one."""
+    fn = side.fn
+    if fn.dinv is None:
+        return None
+    right = region[0] >= fn.inflections[0]
+    x = fn.dinv(side.sign * s, right)
+    return torch.minimum(torch.maximum(x, a), b)
+
+
+def _cap_gap(side: _Side, s: Tensor, a: Tensor, b: Tensor, region: tuple[float, float]) -> Tensor:
     """An upper bound on ``max over [a, b] of F(x) - s x`` for ``[a, b]`` inside one concave region of ``F``:
-    there ``F - s x`` is concave, so its tangents at the ends of the bisection bracket of ``F' = s`` bound it
-    on the whole bracket."""
+    there ``F - s x`` is concave, so it lies below its tangent at any point ``x`` of ``[a, b]``; at the
+    closed-form root of ``F' = s`` (``Smooth.dinv``) that tangent is flat and the bound exact up to
+    rounding, else the tangents at the ends of the bisection bracket of ``F' = s`` bound it."""
 
     def gap(x: Tensor) -> Tensor:
         return side.F(x) - s * x
+
+    x = _slope_point(side, s, a, b, region)
+    if x is not None:
+        sx = side.dF(x) - s
+        return gap(x) + torch.maximum(sx * (a - x), sx * (b - x))
 
     lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=False, iters=_GAP_ITERS)
     # on the bracket the concave gap lies below its tangents at lo and at hi: bound it by their meeting point
@@ -352,7 +373,7 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = N
     for region in side.caps:
         a, b, ok = _piece(l, u, region)
         if at is None or torch.jit.is_tracing():
-            best = torch.where(ok, torch.maximum(best, _cap_gap(side, s, a, b)), best)
+            best = torch.where(ok, torch.maximum(best, _cap_gap(side, s, a, b, region)), best)
             continue
         known = ok & (at >= a) & (at <= b) & (side.dF(at) == s)
         best = torch.where(known, torch.maximum(best, gap(at)), best)
@@ -360,7 +381,7 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = N
         if need.numel():  # the bisection on those entries only
             sub = [t.expand(best.shape).reshape(-1)[need] for t in (s, a, b)]
             flat = best.reshape(-1)
-            cand = _cap_gap(side, sub[0], sub[1], sub[2])
+            cand = _cap_gap(side, sub[0], sub[1], sub[2], region)
             best = flat.index_put((need,), torch.maximum(flat[need], cand)).reshape(best.shape)
     return best
 
@@ -399,7 +420,7 @@ def _crown_slope(side: _Side, l: Tensor, u: Tensor, want_point: bool = False) ->
                 cands.append((side.dF(d), d))
     best_s = best_v = best_d = None
     for s, d in cands:
-        v = s * m + _max_gap(side, s, l, u)
+        v = s * m + _max_gap(side, s, l, u, at=d)  # a tangent's own point spares its bisection
         if want_point and d is None:
             d = _point_of_slope(side, s, l, u)
         if best_v is None:
@@ -424,9 +445,11 @@ def _point_of_slope(side: _Side, s: Tensor, l: Tensor, u: Tensor) -> Tensor:
     err = (side.dF(d) - s).abs()
     for i in range(len(edges) - 1):
         a, b, ok = _piece(l, u, (edges[i], edges[i + 1]))
-        dec = (edges[i], edges[i + 1]) in side.caps  # F' decreasing where F is concave
-        lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=not dec)
-        x = (lo + hi) / 2
+        x = _slope_point(side, s, a, b, (edges[i], edges[i + 1]))
+        if x is None:
+            dec = (edges[i], edges[i + 1]) in side.caps  # F' decreasing where F is concave
+            lo, hi = _bisect(lambda x: side.dF(x) - s, a, b, increasing=not dec)
+            x = (lo + hi) / 2
         e = (side.dF(x) - s).abs()
         take = ok & (e < err)
         d, err = torch.where(take, x, d), torch.where(take, e, err)
@@ -577,10 +600,36 @@ def _derf(x: Tensor) -> Tensor:
     return (2 / math.sqrt(math.pi)) * torch.exp(-x * x)
 
 
-SIGMOID = Smooth(torch.sigmoid, _dsigmoid, (0.0,))
-ERF = Smooth(torch.erf, _derf, (0.0,))
-TANH = Smooth(torch.tanh, _dtanh, (0.0,))
-SOFTSIGN = Smooth(_softsign, _dsoftsign, (0.0,))
+def _side(x: Tensor, right: bool) -> Tensor:
+    """``x >= 0`` right of the inflection point 0, ``-x`` left of it."""
+    return x if right else -x
+
+
+def _dsigmoid_inv(y: Tensor, right: bool) -> Tensor:
+    # σ(1 - σ) = y  ->  σ = (1 + sqrt(1 - 4y)) / 2 right of 0;  x = log(σ / (1 - σ)) = 2 atanh(sqrt(1 - 4y))
+    r = (1 - 4 * y).clamp(0, 1).sqrt()
+    return _side(2 * torch.atanh(r), right)
+
+
+def _dtanh_inv(y: Tensor, right: bool) -> Tensor:
+    # 1 - tanh² = y  ->  x = atanh(sqrt(1 - y))
+    return _side(torch.atanh((1 - y).clamp(0, 1).sqrt()), right)
+
+
+def _derf_inv(y: Tensor, right: bool) -> Tensor:
+    # (2 / sqrt(pi)) exp(-x²) = y  ->  x = sqrt(-log(y sqrt(pi) / 2))
+    return _side((-torch.log((y * (math.sqrt(math.pi) / 2)).clamp(max=1))).clamp(min=0).sqrt(), right)
+
+
+def _dsoftsign_inv(y: Tensor, right: bool) -> Tensor:
+    # 1 / (1 + |x|)² = y  ->  |x| = 1 / sqrt(y) - 1
+    return _side((y.clamp(max=1).rsqrt() - 1).clamp(min=0), right)
+
+
+SIGMOID = Smooth(torch.sigmoid, _dsigmoid, (0.0,), dinv=_dsigmoid_inv)
+ERF = Smooth(torch.erf, _derf, (0.0,), dinv=_derf_inv)
+TANH = Smooth(torch.tanh, _dtanh, (0.0,), dinv=_dtanh_inv)
+SOFTSIGN = Smooth(_softsign, _dsoftsign, (0.0,), dinv=_dsoftsign_inv)
 SILU = _unimodal(F.silu, _dsilu, (-3.0, -2.0), (2.0, 3.0), (-2.0, -1.0))
 GELU = {"none": _unimodal(_gelu_erf, _dgelu_erf, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=4),
         "tanh": _unimodal(_gelu_tanh, _dgelu_tanh, (-2.0, -1.0), (1.0, 2.0), (-1.5, -0.5), eval_ulps=2)}
