@@ -72,7 +72,8 @@ class BabOptions:
         iterations: Adam steps on α and β per round.
         root_iterations: Adam steps on α at the root (the α-CROWN bound).
         intermediate_iterations: Adam steps on α for the root's intermediate bounds
-            (:meth:`SpecBounds.tighten`; 0: keep CROWN's); ``lr_intermediate`` their learning rate.
+            (:meth:`SpecBounds.tighten`; 0: keep CROWN's), at most, within ``tighten_share`` of the time
+            left when tightening starts; ``lr_intermediate`` their learning rate.
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds.
@@ -83,7 +84,8 @@ class BabOptions:
     batch: int = 128
     iterations: int = 8
     root_iterations: int = 40
-    intermediate_iterations: int = 20
+    intermediate_iterations: int = 60
+    tighten_share: float = 0.5
     lr_intermediate: float = 0.4
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
@@ -176,10 +178,15 @@ class SpecBounds:
         change (:func:`~boundc.passes.rules.engine.undecided`), by a backward pass from that node with its
         own optimised α (lower and upper rows apart, best value per row kept), and intersect with the
         known bounds, so every later pass sees the tighter ones.  Nodes with more than ``max_rows`` such
-        neurons keep their bounds (too costly).  Stops at ``deadline``; returns how many neurons a kink no
-        longer splits."""
+        neurons keep their bounds (too costly).  The time to ``deadline`` is shared out: each node gets the
+        time left over the nodes left (each chunk of its rows the node's time over its chunks left), and
+        stops its ``iterations`` there.  Returns how many neurons a kink no longer splits."""
         decided = 0
-        for p in [n.name for n in self.g if n.name in self.root_bounds]:
+        order = [n.name for n in self.g if n.name in self.root_bounds]
+        below = [p for p in order if any(OPS[self.g[a].op].relaxation is not None
+                                         for a in ancestors(self.g, p) if a != p)]
+        for left, p in zip(range(len(below), 0, -1), below):
+            node_deadline = time.monotonic() + (deadline - time.monotonic()) / left
             b = self.root_bounds[p]
             kinks = user_kinks(self.g, p)
             todo = undecided(b, kinks)[0]
@@ -195,11 +202,13 @@ class SpecBounds:
             shape = tuple(self.g[p].shape[1:])
             widest = max(math.prod(self.g[a].shape[1:]) for a in ancestors(self.g, p))
             rows = max(1, budget // widest)
-            for s0 in range(0, idx.numel(), rows):
+            starts = range(0, idx.numel(), rows)
+            for chunks_left, s0 in zip(range(len(starts), 0, -1), starts):
                 if time.monotonic() > deadline:
                     return decided
                 part = idx[s0:s0 + rows]
-                low, upp = self._tighten_rows(walk, names, bmap, amap, shape, part, iterations, lr, deadline)
+                chunk_deadline = time.monotonic() + (node_deadline - time.monotonic()) / chunks_left
+                low, upp = self._tighten_rows(walk, names, bmap, amap, shape, part, iterations, lr, chunk_deadline)
                 lo[part], up[part] = torch.maximum(lo[part], low), torch.minimum(up[part], upp)
             self.root_bounds[p] = Interval(lo.reshape(b.lower.shape), up.reshape(b.upper.shape))
             if kinks is not None:

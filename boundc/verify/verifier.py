@@ -361,7 +361,8 @@ class _Search:
         sb.set_root(bounds, xl, xu)
         bo = self.opts.bab_options
         if bo.intermediate_iterations:
-            sb.tighten(bo.intermediate_iterations, bo.lr_intermediate, self.deadline)
+            now = time.monotonic()
+            sb.tighten(bo.intermediate_iterations, bo.lr_intermediate, now + bo.tighten_share * (self.deadline - now))
         lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
         attacked = False
 

@@ -351,14 +351,14 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, a
     """
     lines = opdef(op).relaxation.lines
     l, u = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
-    if alpha is None:
-        low = up = lines(l, u, mode, None, **attrs)
-    else:
-        nd = c.lA.dim()
-        low = lines(l, u, mode, _alpha_k(alpha[0], nd), **attrs)
-        up = lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
+    nd = c.lA.dim()
+    low = lines(l, u, mode, None if alpha is None else _alpha_k(alpha[0], nd), **attrs)
     lA, lb = through_lines(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub))
-    uA, ub = through_lines(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
+    if c.uA.shape[1] == 0:  # no upper rows (lower bounds only): no upper lines, only the output's shapes
+        uA, ub = through_lines(c.uA, l, None, l, None)
+    else:
+        up = low if alpha is None else lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
+        uA, ub = through_lines(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
     lb, ub = c.lb + lb, c.ub + ub
     return Coeffs(lA, uA, lb, ub)
 
