@@ -236,3 +236,27 @@ def test_bab_cuts_smooth_activations_soundly_and_beyond_the_root_bound(act) -> N
                 assert res.verdict is not Verdict.VERIFIED, (seed, d, m)  # soundness
             else:
                 assert res.verdict is Verdict.VERIFIED and res.domains > 1, (seed, d, r, m, res.detail)
+
+
+def test_queue_memory_budget_ends_the_search_as_unknown() -> None:
+    """The default budget is a quarter of the free memory (positive, below what the machine has); a queue
+    outgrowing an explicit budget ends the search ``unknown``, naming the budget, never ``verified``."""
+    from boundc.verify.bab import queue_budget
+
+    budget = queue_budget(torch.device("cpu"))
+    assert 0 < budget
+    with open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    assert budget <= total // 4
+    model = _net(1)
+    x = torch.rand(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    label = int(model(x).argmax())
+    c = torch.zeros(3, dtype=torch.float64)
+    c[label], c[(label + 1) % 3] = 1.0, -1.0
+    _, _, sb, _, _ = _setup(model, x, 0.3)
+    sb.set_spec(c[None])
+    root = Domains.root(sb, torch.zeros(1, dtype=torch.bool))
+    res = branch_and_bound(sb, torch.full((1,), 1e6, dtype=torch.float64), [1], torch.ones(1, dtype=torch.bool),
+                           deadline=time.monotonic() + 60, opts=BabOptions(batch=4, memory=4 * root.nbytes()),
+                           falsify=lambda xs: None)
+    assert res.verdict is Verdict.UNKNOWN and "memory budget" in res.detail, res.detail

@@ -78,6 +78,8 @@ class BabOptions:
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds.
         memory: bytes the queue of open domains may hold (their α, β and splits); beyond it: ``unknown``.
+            ``None``: a quarter of the memory free where the bounds live when branch and bound starts
+            (:func:`queue_budget`).
         progress: a progress bar with open domains, the global lower bound and the elapsed time.
     """
 
@@ -91,7 +93,7 @@ class BabOptions:
     lr_beta: float = 0.05
     branching: Branching = Branching.FSB
     fsb_candidates: int = 4
-    memory: int = 2 << 30
+    memory: int | None = None
     progress: bool = False
 
 
@@ -581,6 +583,7 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     bound.  ``falsify(xs)`` checks candidate inputs (N, *input) and returns a confirmed counterexample or
     ``None``.  Call :meth:`SpecBounds.set_root` and :meth:`SpecBounds.set_spec` first."""
     problem = _Problem(d, rows, open_, sb.device)
+    budget = opts.memory if opts.memory is not None else queue_budget(sb.device)
     root, taps, _ = optimise(sb, Domains.root(sb, ~open_), opts.root_iterations, opts, deadline)
     t0 = time.monotonic()
     count = 1
@@ -615,7 +618,7 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
                 low = _global(problem, queue)
                 return BabResult(Verdict.UNKNOWN, None, count, low,
                                  f"timeout with {len(queue)} open domains (worst margin {low:.4g})")
-            if queue.nbytes() * 2 > opts.memory:
+            if queue.nbytes() * 2 > budget:
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
                                  f"{len(queue)} open domains exceed the memory budget")
             v = problem.value(queue.lower, queue.excluded)
@@ -646,6 +649,22 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     return BabResult(Verdict.VERIFIED, None, count, 0.0, f"branch and bound ({count} domains)")
 
 
+def queue_budget(device: torch.device) -> int:
+    """A quarter of the memory free on ``device`` now (the CPU's ``MemAvailable``, a GPU's free memory);
+    2 GiB where it cannot be read."""
+    fallback = 2 << 30
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] // 4
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 4
+    except OSError:
+        pass
+    return fallback
+
+
 def _global(problem: _Problem, queue: Domains) -> float:
     """The global lower bound: the worst open domain's value."""
     if not len(queue):
@@ -654,4 +673,4 @@ def _global(problem: _Problem, queue: Domains) -> float:
 
 
 __all__ = ["BabOptions", "BabResult", "Branching", "Domains", "SpecBounds", "branch_and_bound", "cuttable", "optimise",
-           "splittable"]
+           "queue_budget", "splittable"]
