@@ -76,7 +76,8 @@ class BabOptions:
             left when tightening starts; ``lr_intermediate`` their learning rate.
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
         branching: :class:`Branching`.
-        fsb_candidates: candidates per domain that FSB bounds.
+        fsb_candidates: candidates per domain that FSB bounds when splitting ReLUs; ``cut_candidates``
+            when cutting smooth activations (where the choice matters more: a cut only narrows).
         memory: bytes the queue of open domains may hold (their α, β and splits); beyond it: ``unknown``.
             ``None``: a quarter of the memory free where the bounds live when branch and bound starts
             (:func:`queue_budget`).
@@ -92,7 +93,8 @@ class BabOptions:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     branching: Branching = Branching.FSB
-    fsb_candidates: int = 4
+    fsb_candidates: int = 2
+    cut_candidates: int = 4
     memory: int | None = None
     progress: bool = False
 
@@ -553,7 +555,7 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     score = _scores(sb, taps, bounds, dom.splits, problem.row_weights(dom.excluded))
     if opts.branching is Branching.BABSR or score.shape[1] <= 1:
         return score.argmax(1)
-    k = min(opts.fsb_candidates, score.shape[1])
+    k = min(opts.fsb_candidates if sb.relus else opts.cut_candidates, score.shape[1])
     cand = score.topk(k, dim=1).indices  # (N, k)
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
