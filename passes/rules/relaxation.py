@@ -361,7 +361,7 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = N
     The maximum lies at an end point, at an inflection point, or where ``F' = s`` in a region where
     ``F`` is concave (:func:`_cap_gap`).  ``at``: a point with ``F'(at) == s`` where known (the tangent
     point of the line): on the concave piece that holds it the maximum is at ``at``, and the bisection
-    runs only on the entries that still need it.
+    runs only on the entries that still need it (a function with a closed-form ``dinv`` needs neither).
     """
 
     def gap(x: Tensor) -> Tensor:
@@ -372,7 +372,7 @@ def _max_gap(side: _Side, s: Tensor, l: Tensor, u: Tensor, at: Tensor | None = N
         best = torch.maximum(best, gap(torch.minimum(torch.maximum(l.new_tensor(p).expand_as(l), l), u)))
     for region in side.caps:
         a, b, ok = _piece(l, u, region)
-        if at is None or torch.jit.is_tracing():
+        if at is None or side.fn.dinv is not None or torch.jit.is_tracing():
             best = torch.where(ok, torch.maximum(best, _cap_gap(side, s, a, b, region)), best)
             continue
         known = ok & (at >= a) & (at <= b) & (side.dF(at) == s)
