@@ -62,7 +62,9 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int, devic
     import boundc
     from boundc import examples
     from boundc.options import CompileOptions, LinearOptions
+    from boundc.runtime import tune_allocator
 
+    tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     m = examples.build(model).to(device)

@@ -16,6 +16,7 @@ import traceback
 import warnings
 
 from boundc.cli.common import HelpFormatter
+from boundc.runtime import tune_allocator
 
 COMMAND_MODULES = [
     "boundc.cli.compile_cmd",
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"{cmd}: warning: {message}", file=sys.stderr, flush=True)
 
+    tune_allocator()
     with warnings.catch_warnings():
         warnings.showwarning = show_warning
         try:
