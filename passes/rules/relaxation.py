@@ -110,27 +110,37 @@ def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos
 
     Upper: the chord; lower: a line through the origin with slope in ``[neg, pos]``
     (``alpha`` without its ``k`` axis, clamped into that range).
+
+    The hot path of every ReLU pass, so it makes few full-size temporaries: with ``lc = min(l, 0)`` and
+    ``uc = max(u, 0)`` one chord formula gives the chord of an unstable neuron and the slope of a stable
+    one (``pos`` when ``l >= 0``, ``neg`` when ``u <= 0``, exactly so when ``neg`` is 0 or -1 and ``pos`` is 1;
+    other slopes are written in), and ``lc·(neg - chord)`` its intercept (0 when stable).
     """
+    lc, uc = l.clamp(max=0), u.clamp(min=0)
+    den = uc - lc  # 0 only when l = u = 0, where any slope through the origin is exact
+    num = uc if pos == 1 else pos * uc
+    if neg:
+        num = num - neg * lc
+    chord = num / torch.where(den > 0, den, torch.ones_like(den))
+    if neg not in (0.0, -1.0) or pos != 1:  # x·c / x may round away from c: write the stable slopes in
+        chord = torch.where(l >= 0, torch.full_like(chord, pos), torch.where(u <= 0, torch.full_like(chord, neg), chord))
+    ub = -(lc * chord) if neg == 0 else lc * (neg - chord)
     unstable = (l < 0) & (u > 0)
-    active = l >= 0
-    den = torch.where(unstable, u - l, torch.ones_like(u))
-    fl, fu = neg * l, pos * u
-    chord = torch.where(unstable, (fu - fl) / den, torch.zeros_like(u))
-    uw = torch.where(unstable, chord, torch.where(active, torch.full_like(u, pos), torch.full_like(u, neg)))
-    ub = torch.where(unstable, fl - chord * l, torch.zeros_like(u))
     if alpha is not None:
         slope = alpha.clamp(neg, pos)
     elif mode == Mode.FAST_LIN:
-        slope = chord
+        return Lines(chord, torch.zeros_like(chord), chord, ub)
     else:  # adaptive (CROWN): the steeper side when u > -l
         slope = _adaptive(l, u, neg, pos)
-    lw = torch.where(unstable, slope, uw)
-    return Lines(lw, torch.zeros_like(u), uw, ub)
+    return Lines(torch.where(unstable, slope, chord), torch.zeros_like(chord), chord, ub)
 
 
 def _adaptive(l: Tensor, u: Tensor, neg: float, pos: float) -> Tensor:
     """CROWN's adaptive lower slope of a kink at 0: ``pos`` if ``u > -l`` else ``neg``."""
-    return torch.where(u > -l, torch.full_like(u, pos), torch.full_like(u, neg))
+    steep = u > -l
+    if (neg, pos) == (0.0, 1.0):
+        return steep.to(l.dtype)
+    return torch.where(steep, torch.full_like(l, pos), torch.full_like(l, neg))
 
 
 def slope_projection(lo: float, hi: float) -> Callable[..., Tensor]:
