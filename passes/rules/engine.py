@@ -225,7 +225,7 @@ def alpha_optimize(walk: Callable, names: tuple[str, ...], args: dict, start: Co
     with torch.enable_grad():
         params = {k: (vl.clone().requires_grad_(True), vu.clone().requires_grad_(True)) for k, (vl, vu) in init.items()}
         groups = [{"params": list(pair), "lr": lr * lr_scale[k]} for k, pair in params.items()]
-        opt = torch.optim.Adam(groups, lr=lr) if params else None
+        opt = torch.optim.Adam(groups, lr=lr, fused=True) if params else None
         for it in tqdm(range(iterations + 1), desc="alpha-CROWN", unit="step", disable=None if progress else True,
                        leave=False):
             out = _call_walk(walk, names, det, start=dstart, **params)
