@@ -220,6 +220,19 @@ def test_known_tangent_point_gap_matches_the_bisection(fn) -> None:
 
 
 @pytest.mark.parametrize("fn", [R.SIGMOID, R.TANH, R.ERF, R.SOFTSIGN], ids=["sigmoid", "tanh", "erf", "softsign"])
+def test_tangent_point_gradients_stay_finite_where_the_slope_leaves_the_inverse_range(fn) -> None:
+    """α-CROWN differentiates the lines in their tangent points.  A tangent far out in a flat tail has a slope
+    whose closed-form inverse (``Smooth.dinv``) is infinite, outside the box: the lines clamp it, but a gradient
+    through the inverse was ``0 · inf = NaN`` and spread through every later layer (eran's sigmoid net)."""
+    l = torch.tensor([-1.0, -40.0, -3.0, 0.5], dtype=torch.float64)
+    u = torch.tensor([40.0, 1.0, 3.0, 2.0], dtype=torch.float64)
+    alpha = torch.stack([u, l]).requires_grad_(True)  # tangents at the far ends: flat slopes
+    lines = R.smooth_lines(fn, l, u, alpha)
+    sum(t.sum() for t in lines).backward()
+    assert bool(torch.isfinite(alpha.grad).all())
+
+
+@pytest.mark.parametrize("fn", [R.SIGMOID, R.TANH, R.ERF, R.SOFTSIGN], ids=["sigmoid", "tanh", "erf", "softsign"])
 def test_closed_form_slope_points_match_the_bisection(fn) -> None:
     """``Smooth.dinv`` (the inverse of ``f'`` on each side of the inflection point) replaces the bisections of
     ``F' = s``: ``f'(dinv(f'(x))) == f'(x)``, and the gap it bounds is never below the sampled maximum of

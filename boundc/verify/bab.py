@@ -213,7 +213,7 @@ class SpecBounds:
                 part = idx[s0:s0 + rows]
                 chunk_deadline = time.monotonic() + (node_deadline - time.monotonic()) / chunks_left
                 low, upp = self._tighten_rows(walk, names, bmap, amap, shape, part, iterations, lr, chunk_deadline)
-                lo[part], up[part] = torch.maximum(lo[part], low), torch.minimum(up[part], upp)
+                lo[part], up[part] = torch.fmax(lo[part], low), torch.fmin(up[part], upp)  # a NaN never wins
             self.root_bounds[p] = Interval(lo.reshape(b.lower.shape), up.reshape(b.upper.shape))
             if kinks is not None:
                 decided += int(todo.sum()) - int(undecided(self.root_bounds[p], kinks)[0].sum())
@@ -242,8 +242,8 @@ class SpecBounds:
             for it in range(iterations + 1):
                 args.update(params)
                 lower, upper = walk(*[args.get(n) for n in names])[:2]
-                best_l = torch.maximum(best_l, lower.detach()[0])
-                best_u = torch.minimum(best_u, upper.detach()[0])
+                best_l = torch.fmax(best_l, lower.detach()[0])  # fmax: a NaN iterate never replaces a bound
+                best_u = torch.fmin(best_u, upper.detach()[0])
                 if it == iterations or time.monotonic() > deadline:
                     break
                 opt.zero_grad()
@@ -456,9 +456,9 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
             better = low > best
             if it == 0:  # a parent's bound holds on its children too: never report less
                 better = torch.ones_like(better)
-                best = torch.maximum(dom.lower, low)
+                best = torch.fmax(dom.lower, low)  # fmax: a NaN iterate never replaces a bound
             else:
-                best = torch.maximum(best, low)
+                best = torch.fmax(best, low)
             for k, v in alpha.items():
                 m = better.reshape((1,) + better.shape + (1,) * (v.dim() - 3))
                 best_a[k] = torch.where(m, v.detach(), best_a[k])

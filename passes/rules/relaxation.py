@@ -332,12 +332,16 @@ def _piece(l: Tensor, u: Tensor, region: tuple[float, float]) -> tuple[Tensor, T
 
 def _slope_point(side: _Side, s: Tensor, a: Tensor, b: Tensor, region: tuple[float, float]) -> Tensor | None:
     """The point of ``[a, b]`` (inside ``region``, one convexity region of ``F``) nearest to where ``F' = s``,
-    in closed form (``Smooth.dinv``); ``None`` without one."""
+    in closed form (``Smooth.dinv``); ``None`` without one.
+
+    No gradient flows through the inverse: any point of ``[a, b]`` gives a sound bound, at the root of
+    ``F' = s`` the bound's derivative through the point vanishes, and the inverse's own derivative is
+    infinite at the ends of its range (``0 · inf`` made α-CROWN's gradients NaN)."""
     fn = side.fn
     if fn.dinv is None:
         return None
     right = region[0] >= fn.inflections[0]
-    x = fn.dinv(side.sign * s, right)
+    x = fn.dinv(side.sign * s.detach(), right)
     return torch.minimum(torch.maximum(x, a), b)
 
 
