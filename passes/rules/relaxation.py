@@ -116,7 +116,8 @@ def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos
     one (``pos`` when ``l >= 0``, ``neg`` when ``u <= 0``, exactly so when ``neg`` is 0 or -1 and ``pos`` is 1;
     other slopes are written in), and ``lc·(neg - chord)`` its intercept (0 when stable).
     """
-    lc, uc = l.clamp(max=0), u.clamp(min=0)
+    below, above = l < 0, u > 0
+    lc, uc = torch.where(below, l, 0.0), torch.where(above, u, 0.0)  # no gradient into a stable side
     den = uc - lc  # 0 only when l = u = 0, where any slope through the origin is exact
     num = uc if pos == 1 else pos * uc
     if neg:
@@ -125,7 +126,7 @@ def _kink(l: Tensor, u: Tensor, mode: str, alpha: Tensor | None, neg: float, pos
     if neg not in (0.0, -1.0) or pos != 1:  # x·c / x may round away from c: write the stable slopes in
         chord = torch.where(l >= 0, torch.full_like(chord, pos), torch.where(u <= 0, torch.full_like(chord, neg), chord))
     ub = -(lc * chord) if neg == 0 else lc * (neg - chord)
-    unstable = (l < 0) & (u > 0)
+    unstable = below & above
     if alpha is not None:
         slope = alpha.clamp(neg, pos)
     elif mode == Mode.FAST_LIN:
