@@ -215,8 +215,9 @@ def test_bab_cuts_smooth_activations_soundly_and_beyond_the_root_bound(act) -> N
         _, _, sb, _, _ = _setup(model, x, eps)
         sb.set_spec(c[None])
         assert sb.smooth and not sb.relus
-        root, _, _ = optimise(sb, Domains.root(sb, torch.zeros(1, dtype=torch.bool)), 40, BabOptions(),
-                              time.monotonic() + 60)
+        opts = BabOptions(batch=32, smooth_root_iterations=40)  # a root with room left for the cuts to show
+        root, _, _ = optimise(sb, Domains.root(sb, torch.zeros(1, dtype=torch.bool)), opts.smooth_root_iterations,
+                              opts, time.monotonic() + 60)  # the root bound branch and bound starts from
         r = float(root.lower[0, 0])
         assert r <= m + 1e-9
         gap = m - r
@@ -230,7 +231,7 @@ def test_bab_cuts_smooth_activations_soundly_and_beyond_the_root_bound(act) -> N
 
         for d, deadline in ((m + 0.05 * gap, 4), (r + 0.1 * gap, 60)):
             res = branch_and_bound(sb, torch.tensor([d], dtype=torch.float64), [1], torch.ones(1, dtype=torch.bool),
-                                   deadline=time.monotonic() + deadline, opts=BabOptions(batch=32),
+                                   deadline=time.monotonic() + deadline, opts=opts,
                                    falsify=lambda xs, d=d, f=falsify: f(xs, d))
             if d > m:
                 assert res.verdict is not Verdict.VERIFIED, (seed, d, m)  # soundness
