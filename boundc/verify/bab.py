@@ -34,7 +34,7 @@ import enum
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -105,6 +105,15 @@ class BabOptions:
     cut_candidates: int = 4
     memory: int | None = None
     progress: bool = False
+
+    def for_network(self, relus: bool) -> BabOptions:
+        """These options as a network uses them: one with no ReLU to split (``relus`` false) takes
+        ``smooth_root_iterations``, ``smooth_intermediate_iterations`` and ``cut_candidates`` in place of
+        ``root_iterations``, ``intermediate_iterations`` and ``fsb_candidates``."""
+        if relus:
+            return self
+        return replace(self, root_iterations=self.smooth_root_iterations,
+                       intermediate_iterations=self.smooth_intermediate_iterations, fsb_candidates=self.cut_candidates)
 
 
 @dataclass
@@ -563,7 +572,7 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     score = _scores(sb, taps, bounds, dom.splits, problem.row_weights(dom.excluded))
     if opts.branching is Branching.BABSR or score.shape[1] <= 1:
         return score.argmax(1)
-    k = min(opts.fsb_candidates if sb.relus else opts.cut_candidates, score.shape[1])
+    k = min(opts.fsb_candidates, score.shape[1])
     cand = score.topk(k, dim=1).indices  # (N, k)
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
@@ -594,8 +603,8 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     ``None``.  Call :meth:`SpecBounds.set_root` and :meth:`SpecBounds.set_spec` first."""
     problem = _Problem(d, rows, open_, sb.device)
     budget = opts.memory if opts.memory is not None else queue_budget(sb.device)
-    root_iterations = opts.root_iterations if sb.relus else opts.smooth_root_iterations
-    root, taps, _ = optimise(sb, Domains.root(sb, ~open_), root_iterations, opts, deadline)
+    opts = opts.for_network(bool(sb.relus))
+    root, taps, _ = optimise(sb, Domains.root(sb, ~open_), opts.root_iterations, opts, deadline)
     t0 = time.monotonic()
     count = 1
 

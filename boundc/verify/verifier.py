@@ -359,11 +359,10 @@ class _Search:
             bounds = intersect_node_bounds([self.m.bound_net], xl.to(dtype=dtype, device=self.m.device),
                                            xu.to(dtype=dtype, device=self.m.device))
         sb.set_root(bounds, xl, xu)
-        bo = self.opts.bab_options
-        iterations = bo.intermediate_iterations if sb.relus else bo.smooth_intermediate_iterations
-        if iterations:
+        bo = self.opts.bab_options.for_network(bool(sb.relus))
+        if bo.intermediate_iterations:
             now = time.monotonic()
-            sb.tighten(iterations, bo.lr_intermediate, now + bo.tighten_share * (self.deadline - now))
+            sb.tighten(bo.intermediate_iterations, bo.lr_intermediate, now + bo.tighten_share * (self.deadline - now))
         lo32, hi32 = _f32_inside(lo.reshape(1, -1), hi.reshape(1, -1))
         attacked = False
 
