@@ -223,15 +223,16 @@ class VerifierModel:
         xs = x.to(torch.get_default_dtype()).reshape(-1, *self.input_shape)
         return evaluate(self.graph, xs)[self.graph.outputs[0]].reshape(x.shape[0], -1)
 
-    def bounds(self, lo: Tensor, hi: Tensor, C: Tensor) -> Tensor:
-        """Lower bounds (B, S), float64, on ``C·f(x)`` over the boxes ``[lo, hi]`` (B, n, float64)."""
+    def bounds(self, lo: Tensor, hi: Tensor, C: Tensor, grad: bool = False) -> Tensor:
+        """Lower bounds (B, S), float64, on ``C·f(x)`` over the boxes ``[lo, hi]`` (B, n, float64);
+        ``grad``: keep the autograd graph back to ``lo`` and ``hi``."""
         shape = (-1, *self.input_shape)
         dtype = self.precision.dtype
         if dtype == torch.float32:
             lo, hi = _f32_outside(lo, hi)
         dev = self.device
         Cb = C.to(dtype=dtype, device=dev).unsqueeze(0).expand(lo.shape[0], -1, -1)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             low = self.bound_net(lo.to(dtype=dtype, device=dev).reshape(shape), hi.to(dtype=dtype, device=dev).reshape(shape),
                                  Cb)[0].double().cpu()
         if dtype == torch.float32:
@@ -391,25 +392,43 @@ class _Search:
         self.boxes += domains
         return Verdict.VERIFIED, None, f"branch and bound ({domains} domains)"
 
-    def open_disjuncts(self, lo: Tensor, hi: Tensor) -> Tensor:
-        """(B, D) mask of disjuncts not excluded on each box."""
-        if self.C_all.shape[0] == 0:
-            return torch.ones(lo.shape[0], len(self.rows), dtype=torch.bool)
-        margin = self.m.bounds(lo, hi, self.C_all) - self.d_all  # (B, S_total)
-        excluded = (margin > 0).split(self.rows, dim=1)
-        cols = [e.any(1) if e.shape[1] else torch.zeros(lo.shape[0], dtype=torch.bool) for e in excluded]
-        return ~torch.stack(cols, 1)
+    def bound_boxes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Bound the boxes ``[lo, hi]`` (B, n): ``(open, score, corner)``.
 
-    def split(self, lo: Tensor, hi: Tensor, open_: Tensor) -> tuple[Tensor, Tensor]:
-        """Bisect each box along its input of largest width × |gradient| of the open rows."""
-        centre = ((lo + hi) / 2).float().requires_grad_(True)
-        y = self.m.forward(centre).double()
-        weights = open_.double()[:, torch.repeat_interleave(torch.arange(len(self.rows)), torch.tensor(self.rows))] \
-            if self.C_all.shape[0] else torch.zeros(lo.shape[0], 0, dtype=torch.float64)
-        obj = (torch.einsum("sk,bk->bs", self.C_all, y) * weights).sum()
-        grad = torch.autograd.grad(obj, centre)[0].double().abs() if obj.requires_grad else torch.ones_like(lo)
+        ``open`` (B, D) marks the disjuncts not excluded on each box.  ``score`` (B, n) is how much
+        each input moves the lower bounds of the open disjuncts' unproved rows, times its width:
+        ``|∂L/∂lo| + |∂L/∂hi|`` is the magnitude of the input coefficient of the linear bound, so
+        this is α,β-CROWN's "sb" input-split score, read by autograd from the bound network.
+        ``corner`` (B, n) is the vertex where those linear bounds are lowest: the first place to
+        look for a counterexample.
+        """
+        B = lo.shape[0]
+        if self.C_all.shape[0] == 0:
+            return torch.ones(B, len(self.rows), dtype=torch.bool), hi - lo, (lo + hi) / 2
+        lo_g, hi_g = lo.clone().requires_grad_(True), hi.clone().requires_grad_(True)
+        with torch.enable_grad():
+            margin = self.m.bounds(lo_g, hi_g, self.C_all, grad=True) - self.d_all  # (B, S_total)
+        excluded = (margin.detach() > 0).split(self.rows, dim=1)
+        cols = [e.any(1) if e.shape[1] else torch.zeros(B, dtype=torch.bool) for e in excluded]
+        open_ = ~torch.stack(cols, 1)
+        row_open = open_[:, torch.repeat_interleave(torch.arange(len(self.rows)), torch.tensor(self.rows))]
+        weight = (row_open & (margin.detach() <= 0)).to(margin.dtype)
+        if margin.requires_grad and bool(weight.any()):
+            g_lo, g_hi = torch.autograd.grad((margin * weight).sum(), (lo_g, hi_g), allow_unused=True)
+            g_lo = torch.zeros_like(lo) if g_lo is None else g_lo.detach()
+            g_hi = torch.zeros_like(hi) if g_hi is None else g_hi.detach()
+        else:
+            g_lo = g_hi = torch.zeros_like(lo)
         width = hi - lo
-        score = width * (grad + 1e-6 * grad.amax(1, keepdim=True) + 1e-12)
+        sens = g_lo.abs() + g_hi.abs()
+        # where the bound does not move (e.g. every row already positive elsewhere), the widest input
+        score = width * (sens + 1e-6 * sens.amax(1, keepdim=True) + 1e-12)
+        corner = torch.where(g_lo.abs() >= g_hi.abs(), lo, hi)
+        return open_, score, corner
+
+    @staticmethod
+    def split(lo: Tensor, hi: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+        """Bisect each box (B, n) along its input of largest ``score``."""
         dim = score.argmax(1)
         mid = ((lo + hi) / 2).gather(1, dim[:, None])
         hi_left, lo_right = hi.clone(), lo.clone()
@@ -462,15 +481,15 @@ class _Search:
             b = self.opts.batch
             blo, bhi, queue_lo, queue_hi = queue_lo[:b], queue_hi[:b], queue_lo[b:], queue_hi[b:]
             self.boxes += blo.shape[0]
-            open_ = self.open_disjuncts(blo, bhi)
+            open_, score, corner = self.bound_boxes(blo, bhi)
             keep = open_.any(1)
             if not bool(keep.any()):
                 continue
-            blo, bhi, open_ = blo[keep], bhi[keep], open_[keep]
+            blo, bhi, open_, score, corner = blo[keep], bhi[keep], open_[keep], score[keep], corner[keep]
             lo32, hi32 = _f32_inside(blo, bhi)
-            found = self.check_points((lo32 + hi32) / 2)
+            found = self.check_points(torch.cat([(lo32 + hi32) / 2, corner.float().clamp(lo32, hi32)]))
             if found is not None:
-                return Verdict.FALSIFIED, found, "sub-box centre"
+                return Verdict.FALSIFIED, found, "sub-box centre or bound's corner"
             if not can_split:
                 verdict, cex, detail = Verdict.UNKNOWN, None, "bounds too loose (input too large to split)"
                 if self.opts.bab:
@@ -484,7 +503,7 @@ class _Search:
                 return Verdict.UNKNOWN, None, "an open box of zero width (rounding) that is not a counterexample"
             if queue_lo.shape[0] + 2 * blo.shape[0] > self.opts.max_boxes:
                 return Verdict.UNKNOWN, None, f"more than {self.opts.max_boxes} open boxes"
-            nlo, nhi = self.split(blo, bhi, open_)
+            nlo, nhi = self.split(blo, bhi, score)
             queue_lo, queue_hi = torch.cat([nlo, queue_lo]), torch.cat([nhi, queue_hi])  # depth first
         return Verdict.VERIFIED, None, ""
 
