@@ -214,8 +214,8 @@ def test_input_split_score_is_the_bound_coefficient_times_width(tmp_path):
     import time
 
     import torch
-
     from boundc.frontends.vnnlib import read_vnnlib
+
     from boundc.verify.verifier import _Search
 
     rng = np.random.default_rng(0)

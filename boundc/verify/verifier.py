@@ -9,12 +9,15 @@ For each input box of the property (see :mod:`boundc.frontends.vnnlib`):
    bounds ``C·y`` over the box; a disjunct is excluded when some row's lower
    bound exceeds ``d``;
 3. boxes that are not settled are bisected (input splitting, for low-dimensional
-   inputs such as ACAS Xu), in batches, until every disjunct of every sub-box is
-   excluded (``unsat``), a sub-box centre is a confirmed counterexample
-   (``sat``), the deadline passes or the queue exceeds ``max_boxes`` (``unknown``);
-4. with ``complete``, a box too large to split is handed to the exact MILP of
-   :mod:`boundc.verify.milp` (one problem per open disjunct, within the remaining time);
-   its counterexamples are confirmed in onnxruntime like the attack's.
+   inputs such as ACAS Xu) along the input that moves their lower bound most, in
+   batches, until every disjunct of every sub-box is excluded (``unsat``), a sub-box
+   centre or bound-minimising corner is a confirmed counterexample (``sat``), the
+   deadline passes or the queue exceeds ``max_boxes`` (``unknown``);
+4. a box too large to split goes to tiled MILP bounds first when the network has one
+   hidden convolutional ReLU layer (:mod:`boundc.verify.tiles`), then to branch and
+   bound on activation splits (:mod:`boundc.verify.bab`), then, with ``complete``, to
+   the exact MILP of :mod:`boundc.verify.milp` (one problem per open disjunct, within
+   the remaining time); its counterexamples are confirmed in onnxruntime like the attack's.
 
 Steps 1 and 2-4 are the two stages of a :mod:`boundc.verify.cascade` over the
 property's input boxes.
@@ -41,6 +44,8 @@ from boundc.passes.rules.engine import deadline as deadline_of_bounds
 from boundc.verify.attacks import pgd
 from boundc.verify.bab import BabOptions, SpecBounds, branch_and_bound, cast_graph
 from boundc.verify.cascade import Stage, Verdict, run_cascade
+from boundc.verify.milp import MilpOptions
+from boundc.verify.tiles import OneLayerForm, tile_bound
 
 #: How far outside the input box a counterexample may lie (VNN-COMP's ``COUNTEREXAMPLE_ATOL``).
 CEX_INPUT_ATOL = 1e-4
@@ -74,6 +79,9 @@ class VerifyOptions:
         max_boxes: queue limit (memory bound); beyond it the answer is ``unknown``.
         seed: RNG seed of the attack.
         complete: decide boxes that cannot be split with the MILP (ReLU networks).
+        tile_share: on networks with one hidden convolutional ReLU layer, the share of the time left
+            that tiled MILP bounds (:mod:`boundc.verify.tiles`) may spend before branch and bound
+            (0: never).
         precision: ``float64`` (default) or ``float32`` (a string is accepted); the
             result reports it.
     """
@@ -90,6 +98,7 @@ class VerifyOptions:
     bab: bool = True
     bab_options: BabOptions = field(default_factory=BabOptions)
     complete: bool = False
+    tile_share: float = 0.8
     precision: Precision = Precision.FLOAT64
 
     def __post_init__(self) -> None:
@@ -200,6 +209,7 @@ class VerifierModel:
                                   "inputs boundc lowered")
             self.ort_inputs = [(self.ort_inputs[0][0], [1, *self.input_shape])]
         self.milp = None  # the MILP encoding, built on first use (VerifyOptions.complete)
+        self._tile_form: OneLayerForm | None | bool = False  # False: not looked at yet
         self._spec_bounds: SpecBounds | None | BoundcError = None
 
     def spec_bounds(self) -> SpecBounds | None:
@@ -211,6 +221,13 @@ class VerifierModel:
             except BoundcError as err:
                 self._spec_bounds = err
         return None if isinstance(self._spec_bounds, BoundcError) else self._spec_bounds
+
+    def tile_form(self) -> OneLayerForm | None:
+        """The network as one hidden convolutional ReLU layer between affine maps (:mod:`.tiles`), built on
+        first use; ``None`` when it is not of that form."""
+        if self._tile_form is False:
+            self._tile_form = OneLayerForm.of(self.graph)
+        return self._tile_form
 
     def check_property(self, n_in: int, n_out: int, where: str) -> None:
         """One clear error when the property's variable counts do not match the model."""
@@ -392,6 +409,26 @@ class _Search:
         self.boxes += domains
         return Verdict.VERIFIED, None, f"branch and bound ({domains} domains)"
 
+    def tiles(self, lo: Tensor, hi: Tensor, open_: Tensor) -> Tensor:
+        """``open_`` less the disjuncts that tiled MILP bounds (:func:`~boundc.verify.tiles.tile_bound`)
+        exclude on the box: a disjunct is excluded when one of its rows has a positive lower bound.
+        Spends at most ``tile_share`` of the time left."""
+        form = self.m.tile_form() if self.opts.tile_share > 0 else None
+        if form is None:
+            return open_
+        deadline = time.monotonic() + self.opts.tile_share * (self.deadline - time.monotonic())
+        still = open_.clone()
+        for k in torch.nonzero(open_).flatten().tolist():
+            C, d = self.spec.disjuncts[k]
+            for r in range(C.shape[0]):
+                if time.monotonic() >= deadline:
+                    return still
+                bound, _ = tile_bound(form, lo, hi, C[r], float(d[r]), deadline)
+                if bound > MilpOptions().tolerance:
+                    still[k] = False
+                    break
+        return still
+
     def bound_boxes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Bound the boxes ``[lo, hi]`` (B, n): ``(open, score, corner)``.
 
@@ -491,6 +528,9 @@ class _Search:
             if found is not None:
                 return Verdict.FALSIFIED, found, "sub-box centre or bound's corner"
             if not can_split:
+                open_[0] = self.tiles(blo[0], bhi[0], open_[0])
+                if not bool(open_[0].any()):
+                    continue
                 verdict, cex, detail = Verdict.UNKNOWN, None, "bounds too loose (input too large to split)"
                 if self.opts.bab:
                     verdict, cex, detail = self.branch_and_bound(blo[0], bhi[0], open_[0])
