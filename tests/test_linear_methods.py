@@ -133,3 +133,25 @@ def test_report_counts_unstable_relus(method: str) -> None:
     unstable = sum(int(((bounds[r].lower < 0) & (bounds[r].upper > 0)).sum()) for r in relu_inputs)
     assert unstable > 0
     assert f"{unstable} unstable ReLU neurons" in bm.report(xl, xu)
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_lower_rows_only_through_max_pool_are_differentiable(method: str) -> None:
+    """With only lower rows (``output_upper=False``, what the verifier compiles) the empty upper rows must
+    pass max pooling too while autograd records the call (the verifier's split score differentiates the
+    bound in the box): same bound as without autograd, and a gradient in the box."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 3 * 3, 3))
+    x = torch.rand(2, 1, 8, 8)
+    bm = boundc.compile(m, x, method=method, options=CompileOptions(linear=LinearOptions(output_upper=False,
+                                                                                          alpha_iterations=3)))
+    C = boundc.margin_spec(torch.tensor([0, 1]), 3)
+    lo, hi = boundc.linf_box(x, 0.05)
+    with torch.no_grad():
+        plain = bm(lo, hi, C)[0]
+    lo_g, hi_g = lo.clone().requires_grad_(True), hi.clone().requires_grad_(True)
+    low = bm(lo_g, hi_g, C)[0]
+    torch.testing.assert_close(low.detach(), plain)
+    g_lo, g_hi = torch.autograd.grad(low.sum(), (lo_g, hi_g))
+    assert (g_lo.abs() + g_hi.abs()).sum() > 0

@@ -429,8 +429,9 @@ class _Search:
                     break
         return still
 
-    def bound_boxes(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Bound the boxes ``[lo, hi]`` (B, n): ``(open, score, corner)``.
+    def bound_boxes(self, lo: Tensor, hi: Tensor, split: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """Bound the boxes ``[lo, hi]`` (B, n): ``(open, score, corner)``; without ``split`` (the box will
+        not be bisected) no gradient is taken, and ``score`` is the width and ``corner`` the centre.
 
         ``open`` (B, D) marks the disjuncts not excluded on each box.  ``score`` (B, n) is how much
         each input moves the lower bounds of the open disjuncts' unproved rows, times its width:
@@ -442,9 +443,9 @@ class _Search:
         B = lo.shape[0]
         if self.C_all.shape[0] == 0:
             return torch.ones(B, len(self.rows), dtype=torch.bool), hi - lo, (lo + hi) / 2
-        lo_g, hi_g = lo.clone().requires_grad_(True), hi.clone().requires_grad_(True)
-        with torch.enable_grad():
-            margin = self.m.bounds(lo_g, hi_g, self.C_all, grad=True) - self.d_all  # (B, S_total)
+        lo_g, hi_g = lo.clone().requires_grad_(split), hi.clone().requires_grad_(split)
+        with torch.set_grad_enabled(split):
+            margin = self.m.bounds(lo_g, hi_g, self.C_all, grad=split) - self.d_all  # (B, S_total)
         excluded = (margin.detach() > 0).split(self.rows, dim=1)
         cols = [e.any(1) if e.shape[1] else torch.zeros(B, dtype=torch.bool) for e in excluded]
         open_ = ~torch.stack(cols, 1)
@@ -518,7 +519,7 @@ class _Search:
             b = self.opts.batch
             blo, bhi, queue_lo, queue_hi = queue_lo[:b], queue_hi[:b], queue_lo[b:], queue_hi[b:]
             self.boxes += blo.shape[0]
-            open_, score, corner = self.bound_boxes(blo, bhi)
+            open_, score, corner = self.bound_boxes(blo, bhi, split=can_split)
             keep = open_.any(1)
             if not bool(keep.any()):
                 continue

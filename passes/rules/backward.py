@@ -387,10 +387,9 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
     _, idx = F.max_pool2d(x.lower, return_indices=True, **kw)
     top = F.max_pool2d(x.upper, **kw)
     in_shape = tuple(in_shapes[0])
-    B, S = c.lA.shape[:2]
-    index = idx.flatten(2).unsqueeze(1).expand(B, S, idx.shape[1], idx[0, 0].numel())
-
-    def select_t(A: Tensor) -> Tensor:  # transpose of x -> x.flatten(2).gather(idx)
+    def select_t(A: Tensor) -> Tensor:  # transpose of x -> x.flatten(2).gather(idx); rows as A has them
+        B, S = A.shape[:2]
+        index = idx.flatten(2).unsqueeze(1).expand(B, S, idx.shape[1], idx[0, 0].numel())
         out = torch.zeros((B, S, in_shape[0], in_shape[1] * in_shape[2]), dtype=A.dtype, device=A.device)
         return out.scatter_add(3, index, A.flatten(3)).reshape((B, S) + in_shape)
 
