@@ -35,6 +35,14 @@ from boundc.verify.milp import BOUND_SLACK, MilpOptions, _double, _quiet
 MAX_DENSE = 50_000_000
 
 
+#: Seconds each tile's MILP gets in the first round of :meth:`OneLayerForm.row_minimum` (4× more per round).
+FIRST_LIMIT = 2.0
+
+#: Side of the first tiles (neuron positions): on verivital's Convnet_avgpool (4×4 pooling) tiles of 8
+#: leave some rows below 0 that tiles of 12 prove, each tile's MILP still solved in seconds.
+FIRST_TILE = 12
+
+
 @dataclass
 class OneLayerForm:
     """``y = L·relu(z) + h``, ``z = W·x + b``: a network with one hidden ReLU layer of shape (C, H, W).
@@ -89,27 +97,44 @@ class OneLayerForm:
         return cls(sp.csr_matrix(W.numpy()), b.numpy(), L.numpy(), h.numpy(), shape)
 
     def row_minimum(self, x_lower: np.ndarray, x_upper: np.ndarray, c: np.ndarray, tile: int,
-                    deadline: float, options: MilpOptions) -> float:
-        """A lower bound on ``min c·y`` over the box: the sum of each ``tile``×``tile`` tile's exact
-        minimum (its MILP's dual bound where HiGHS runs out of time; ``-inf`` past the deadline)."""
+                    deadline: float, options: MilpOptions, target: float | None = None) -> float:
+        """A lower bound on ``min c·y`` over the box: the sum of the ``tile``×``tile`` tiles' minima.
+
+        Each tile's MILP gets :data:`FIRST_LIMIT` seconds, then four times more per round, the tiles
+        with the widest gap between HiGHS's dual bound and its best point first, until the sum of the
+        dual bounds (the returned bound) exceeds ``target``, or the sum of the best points (above this
+        tiling's bound) is at most ``target`` so that no time can make it exceed it, or every tile is
+        solved, or the deadline (``-inf`` while some tile has no bound yet).
+        """
         g = self.L.T @ c
-        total = float(c @ self.h)
+        const = float(c @ self.h)
         C, H, Wd = self.shape
         idx = np.arange(C * H * Wd).reshape(C, H, Wd)
-        for i in range(0, H, tile):
-            for j in range(0, Wd, tile):
+        tiles = [idx[:, i:i + tile, j:j + tile].reshape(-1) for i in range(0, H, tile) for j in range(0, Wd, tile)]
+        tiles = [k[g[k] != 0] for k in tiles]
+        tiles = [k for k in tiles if k.size]
+        dual, primal = np.full(len(tiles), -np.inf), np.full(len(tiles), np.inf)
+        solved = np.zeros(len(tiles), dtype=bool)
+        limit = FIRST_LIMIT
+        while True:
+            for t in np.argsort(dual - primal):  # widest gap first (unsolved tiles: infinite gap)
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return -np.inf
-                k = idx[:, i:i + tile, j:j + tile].reshape(-1)
-                k = k[g[k] != 0]
-                if k.size:
-                    total += self._tile_minimum(k, g[k], x_lower, x_upper, left, options)
-        return total
+                if left <= 0 or solved[t]:
+                    continue
+                lo_t, hi_t, solved[t] = self._tile_minimum(tiles[t], g[tiles[t]], x_lower, x_upper,
+                                                           min(limit, left), options)
+                dual[t], primal[t] = max(dual[t], lo_t), min(primal[t], hi_t)
+            bound, best = const + dual.sum(), const + primal.sum()
+            settled = target is not None and (bound > target or best <= target)
+            if settled or solved.all() or time.monotonic() >= deadline:
+                return bound
+            limit *= 4
 
     def _tile_minimum(self, k: np.ndarray, gk: np.ndarray, x_lower: np.ndarray, x_upper: np.ndarray,
-                      time_limit: float, options: MilpOptions) -> float:
-        """``min Σ gk·relu(z_k)`` over the box, as a MILP over the inputs the neurons ``k`` read."""
+                      time_limit: float, options: MilpOptions) -> tuple[float, float, bool]:
+        """``min Σ gk·relu(z_k)`` over the box, as a MILP over the inputs the neurons ``k`` read:
+        ``(lower, upper, solved)``, HiGHS's dual bound, its best point's value (``±inf`` when it has
+        none) and whether it finished (within its default relative gap)."""
         import scipy.optimize as so
         import scipy.sparse as sp
 
@@ -154,10 +179,10 @@ class OneLayerForm:
         with _quiet(not options.disp):
             res = so.milp(cost, integrality=np.concatenate([np.zeros(nx + na), np.ones(nb)]), bounds=bounds,
                           constraints=constraints, options={"time_limit": max(time_limit, 0.1), "disp": options.disp})
-        best = getattr(res, "mip_dual_bound", None)
-        if res.status == 0:
-            best = res.fun if best is None else min(float(best), float(res.fun))
-        return const + (float(best) if best is not None and np.isfinite(best) else -np.inf)
+        found = float(res.fun) if res.x is not None and res.fun is not None else np.inf
+        dual = getattr(res, "mip_dual_bound", None)
+        dual = -np.inf if dual is None or not np.isfinite(dual) else min(float(dual), found)
+        return const + dual, const + found, res.status == 0
 
 
 def _ancestors(g: Graph, name: str) -> set[str]:
@@ -172,11 +197,6 @@ def _ancestors(g: Graph, name: str) -> set[str]:
     return seen
 
 
-#: Side of the first tiles (neuron positions): on verivital's Convnet_avgpool (4×4 pooling) tiles of 8
-#: leave some rows below 0 that tiles of 12 prove, each tile's MILP still solved in seconds.
-FIRST_TILE = 12
-
-
 def tile_bound(form: OneLayerForm, x_lower: Tensor, x_upper: Tensor, c: Tensor, d: float, deadline: float,
                options: MilpOptions | None = None, first_tile: int = FIRST_TILE) -> tuple[float, int]:
     """The best tiled lower bound on ``min c·y − d`` over the box within the deadline: tiles of
@@ -188,7 +208,7 @@ def tile_bound(form: OneLayerForm, x_lower: Tensor, x_upper: Tensor, c: Tensor, 
     cn = c.detach().double().reshape(-1).numpy()
     best, tile = -np.inf, first_tile
     while time.monotonic() < deadline:
-        best = max(best, form.row_minimum(xl, xu, cn, tile, deadline, options) - d)
+        best = max(best, form.row_minimum(xl, xu, cn, tile, deadline, options, target=d + options.tolerance) - d)
         if best > options.tolerance or tile >= max(form.shape[1:]):
             return best, tile
         tile *= 2
