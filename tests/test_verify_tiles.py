@@ -90,3 +90,14 @@ def test_tiles_prove_what_branch_and_bound_could_not():
     res = verify(str(root / "Convnet_avgpool.onnx"), root / "specs" / "avgpool_specs" / "prop_7_0.04.vnnlib",
                  VerifyOptions(method="crown", timeout=120, steps=5))
     assert res.status == "unsat", res.detail
+
+
+def test_cli_no_tiles_leaves_it_to_branch_and_bound(tmp_path):
+    """``--no-tiles`` turns the stage off: within 8 s branch and bound alone cannot prove property 7."""
+    from boundc.cli import main
+
+    root = shared_path("vnncomp", "verivital")
+    out = tmp_path / "r.txt"
+    assert main(["verify", str(root / "Convnet_avgpool.onnx"), str(root / "specs/avgpool_specs/prop_7_0.04.vnnlib"),
+                 "--method", "crown", "--timeout", "8", "--no-tiles", "--out", str(out)]) == 0
+    assert out.read_text().strip() == "unknown"

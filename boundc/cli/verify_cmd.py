@@ -81,6 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bab-batch", type=positive_int, default=128, help="branch-and-bound domains split per round")
     p.add_argument("--no-bab", dest="bab", action="store_false",
                    help="no branch and bound on ReLU splits for inputs too large to split")
+    p.add_argument("--no-tiles", dest="tiles", action="store_false",
+                   help="no tiled MILP bounds before branch and bound (networks with one hidden conv ReLU layer)")
     p.add_argument("--shard", type=shard_spec, default=None, metavar="K/N",
                    help="with --instances: only the instances whose index is K modulo N (parallel sweeps)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
@@ -129,6 +131,7 @@ def verify_options(args: argparse.Namespace, timeout: float) -> Any:
 
     return VerifyOptions(method=args.method, timeout=timeout, complete=args.complete, seed=args.seed,
                          precision=args.precision, device=args.device, bab=args.bab, batch=args.batch,
+                         tile_share=VerifyOptions.tile_share if args.tiles else 0.0,
                          bab_options=BabOptions(branching=Branching(args.branching), progress=args.progress,
                                                 batch=args.bab_batch))
 

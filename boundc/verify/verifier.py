@@ -34,6 +34,7 @@ from enum import Enum
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 import boundc
 from boundc.errors import BoundcError, DeadlineExceeded
@@ -418,15 +419,20 @@ class _Search:
             return open_
         deadline = time.monotonic() + self.opts.tile_share * (self.deadline - time.monotonic())
         still = open_.clone()
-        for k in torch.nonzero(open_).flatten().tolist():
-            C, d = self.spec.disjuncts[k]
-            for r in range(C.shape[0]):
-                if time.monotonic() >= deadline:
-                    return still
-                bound, _ = tile_bound(form, lo, hi, C[r], float(d[r]), deadline)
-                if bound > MilpOptions().tolerance:
-                    still[k] = False
-                    break
+        todo = torch.nonzero(open_).flatten().tolist()
+        with tqdm(total=len(todo), desc="tiled MILP", unit="disjunct", leave=False,
+                  disable=None if self.opts.bab_options.progress else True) as bar:
+            for k in todo:
+                C, d = self.spec.disjuncts[k]
+                for r in range(C.shape[0]):
+                    if time.monotonic() >= deadline:
+                        return still
+                    bound, tile = tile_bound(form, lo, hi, C[r], float(d[r]), deadline)
+                    bar.set_postfix(row=r, bound=f"{bound:.4g}", tile=tile)
+                    if bound > MilpOptions().tolerance:
+                        still[k] = False
+                        break
+                bar.update()
         return still
 
     def bound_boxes(self, lo: Tensor, hi: Tensor, split: bool = True) -> tuple[Tensor, Tensor, Tensor]:
