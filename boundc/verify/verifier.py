@@ -443,8 +443,8 @@ class _Search:
         each input moves the lower bounds of the open disjuncts' unproved rows, times its width:
         ``|∂L/∂lo| + |∂L/∂hi|`` is the magnitude of the input coefficient of the linear bound, so
         this is α,β-CROWN's "sb" input-split score, read by autograd from the bound network.
-        ``corner`` (B, n) is the vertex where those linear bounds are lowest: the first place to
-        look for a counterexample.
+        ``corner`` (B, n) is the vertex where those linear bounds are lowest (inputs they do not depend
+        on at the centre): the first place to look for a counterexample.
         """
         B = lo.shape[0]
         if self.C_all.shape[0] == 0:
@@ -467,7 +467,7 @@ class _Search:
         sens = g_lo.abs() + g_hi.abs()
         # where the bound does not move (e.g. every row already positive elsewhere), the widest input
         score = width * (sens + 1e-6 * sens.amax(1, keepdim=True) + 1e-12)
-        corner = torch.where(g_lo.abs() >= g_hi.abs(), lo, hi)
+        corner = torch.where(g_lo.abs() > g_hi.abs(), lo, torch.where(g_hi.abs() > g_lo.abs(), hi, (lo + hi) / 2))
         return open_, score, corner
 
     @staticmethod
