@@ -114,11 +114,12 @@ def test_complete_mode_decides_what_bounds_cannot(tmp_path):
         lines.append("(assert (or " + " ".join(f"(and (>= Y_{j} Y_{label}))" for j in others) + "))")
         prop = tmp_path / f"p{eps}.vnnlib"
         prop.write_text("\n".join(lines))
-        plain = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=30, max_split_dim=0, steps=0,
+        plain = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(method="ibp", timeout=30, max_split_dim=0, steps=0,
                                                                          bab=False))
-        full = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=30, max_split_dim=0, steps=0,
+        full = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(method="ibp", timeout=30, max_split_dim=0, steps=0,
                                                                         complete=True, bab=False))
-        bab = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(timeout=30, max_split_dim=0, steps=0))
+        bab = verify(str(tmp_path / "tiny.onnx"), prop, VerifyOptions(method="ibp", timeout=30, max_split_dim=0,
+                                                                       steps=0))
         assert bab.status == full.status, (eps, bab.detail, full.detail)
         ys = forward((x0 + eps * rng.uniform(-1, 1, (50000, 10))).astype(np.float32))
         hit = bool((ys[:, others].max(1) >= ys[:, label]).any())

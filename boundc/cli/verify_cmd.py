@@ -20,9 +20,7 @@ from typing import Any
 
 from boundc.cli.common import add_command, any_int, existing_file, method_names, note, positive_float, positive_int, progress
 from boundc.errors import BoundcError
-
-#: The default: the tightest method boundc has.
-DEFAULT_METHOD = "alpha-crown"
+from boundc.verify.verifier import DEFAULT_METHOD
 
 #: Columns of the ``--instances`` results CSV, in order.
 RESULT_COLUMNS = ["instance", "result", "time", "method", "error", "onnx", "vnnlib", "timeout", "known", "detail"]
@@ -60,8 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prop", nargs="?", type=existing_file, help="property.vnnlib (or .vnnlib.gz)")
     p.add_argument("--instances", type=existing_file,
                    help="a benchmark's instances.csv (onnx, vnnlib, timeout per row) to run instead of one property")
-    default = DEFAULT_METHOD if DEFAULT_METHOD in method_names() else "ibp"
-    p.add_argument("--method", default=default, choices=method_names(),
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=method_names(),
                    help="bound method; the default is the tightest one boundc has (see `boundc methods`)")
     p.add_argument("--timeout", type=positive_float, default=None,
                    help="seconds per property (default 60; with --instances: a cap on each row's listed timeout)")

@@ -48,6 +48,9 @@ from boundc.verify.cascade import Stage, Verdict, run_cascade
 from boundc.verify.milp import MilpOptions
 from boundc.verify.tiles import OneLayerForm, tile_bound
 
+#: The bound method :func:`verify` and ``boundc verify`` use unless told otherwise: the tightest boundc has.
+DEFAULT_METHOD = "alpha-crown"
+
 #: How far outside the input box a counterexample may lie (VNN-COMP's ``COUNTEREXAMPLE_ATOL``).
 CEX_INPUT_ATOL = 1e-4
 
@@ -72,7 +75,7 @@ class VerifyOptions:
     """Knobs of :func:`verify`.
 
     Attributes:
-        method: bound method (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``).
+        method: bound method (``ibp``, ``crown-ibp``, ``crown``, ``alpha-crown``: :data:`DEFAULT_METHOD`).
         timeout: seconds for the whole property.
         restarts, steps: PGD restarts and steps per box.
         max_split_dim: bisect inputs only when the input has at most this many entries.
@@ -87,7 +90,7 @@ class VerifyOptions:
             result reports it.
     """
 
-    method: str = "ibp"
+    method: str = DEFAULT_METHOD
     timeout: float = 60.0
     restarts: int = 5
     steps: int = 40
