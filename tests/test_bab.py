@@ -261,3 +261,32 @@ def test_queue_memory_budget_ends_the_search_as_unknown() -> None:
                            deadline=time.monotonic() + 60, opts=BabOptions(batch=4, memory=4 * root.nbytes()),
                            falsify=lambda xs: None)
     assert res.verdict is Verdict.UNKNOWN and "memory budget" in res.detail, res.detail
+
+
+def test_optimise_stops_once_every_domain_is_safe() -> None:
+    """With the problem given, the Adam loop ends at the first iterate that excludes every open disjunct;
+    without it, it runs every step.  The bound it returns is the same safe one either way."""
+    from boundc.verify.bab import _Problem
+
+    model = _net(3)
+    x = torch.rand(1, 8, dtype=torch.float64)
+    bm, bounds, sb, xl, xu = _setup(model, x, 0.05)
+    c = torch.tensor([[1.0, -1.0, 0.0]], dtype=torch.float64)
+    sb.set_spec(c)
+    root = Domains.root(sb, torch.zeros(1, dtype=torch.bool))
+    first, _, _ = optimise(sb, root, 0, BabOptions(), time.monotonic() + 60)
+    d = first.lower[0] - 0.5  # a threshold the starting bound already clears
+    calls = []
+    run = sb.run
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return run(*args, **kw)
+
+    sb.run = counted
+    problem = _Problem(d, [1], torch.ones(1, dtype=torch.bool), sb.device)
+    early, _, _ = optimise(sb, root, 50, BabOptions(), time.monotonic() + 60, problem)
+    assert len(calls) == 1 and bool((early.lower - d > 0).all())
+    calls.clear()
+    optimise(sb, root, 50, BabOptions(), time.monotonic() + 60)
+    assert len(calls) == 51
