@@ -101,3 +101,22 @@ def test_cli_no_tiles_leaves_it_to_branch_and_bound(tmp_path):
     assert main(["verify", str(root / "Convnet_avgpool.onnx"), str(root / "specs/avgpool_specs/prop_7_0.04.vnnlib"),
                  "--method", "crown", "--timeout", "8", "--no-tiles", "--out", str(out)]) == 0
     assert out.read_text().strip() == "unknown"
+
+
+def test_a_product_of_two_perturbed_values_is_not_taken_for_affine(tmp_path):
+    """``mul`` is affine only with one constant factor: a network ending in ``relu(z) * relu(z)`` depends on
+    the input only through the ReLU but is not affine after it, so it must be refused (a Jacobian at one
+    point would be no bound at all)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 1, (1, 1, 2, 2)).astype(np.float32), "Wc"),
+             numpy_helper.from_array(rng.normal(0, 1, (3, 36)).astype(np.float32), "Wo")]
+    nodes = [helper.make_node("Conv", ["X", "Wc"], ["c"]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Mul", ["r", "r"], ["m"]), helper.make_node("Flatten", ["m"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "Wo"], ["Y"], transB=1)]
+    graph = helper.make_graph(nodes, "mul", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 7, 7])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "m.onnx")
+    assert OneLayerForm.of(VerifierModel(str(tmp_path / "m.onnx"), "ibp").graph) is None

@@ -287,7 +287,7 @@ class MilpVerifier:
         cost = np.zeros(ncol)
         cost[-1] = 1.0
         limit = self.options.time_limit if time_limit is None else max(time_limit, 0.1)
-        with _quiet(not self.options.disp):
+        with quiet_stdout(not self.options.disp):
             res = so.milp(cost, integrality=np.concatenate([np.zeros(nv), np.ones(n_bin), [0]]),
                           bounds=so.Bounds(np.concatenate([lb, np.zeros(n_bin), [-np.inf]]),
                                            np.concatenate([ub, np.ones(n_bin), [self.options.tolerance]])),
@@ -339,7 +339,7 @@ def _rows(m: int, ncol: int, terms: list[tuple[np.ndarray, np.ndarray | float]])
 
 
 @contextmanager
-def _quiet(on: bool):
+def quiet_stdout(on: bool):
     """Silence C-level stdout (HiGHS prints solver diagnostics there even with ``disp=False``)."""
     if not on:
         yield

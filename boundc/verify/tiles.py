@@ -28,8 +28,7 @@ from torch import Tensor
 
 from boundc.interpreter import Interpreter
 from boundc.ir import Graph
-from boundc.passes.rules.ops import OPS
-from boundc.verify.milp import BOUND_SLACK, MilpOptions, _double, _quiet
+from boundc.verify.milp import BOUND_SLACK, MilpEncoding, MilpOptions, quiet_stdout
 
 #: Entries the dense Jacobians taken while building a :class:`OneLayerForm` may have.
 MAX_DENSE = 50_000_000
@@ -62,11 +61,11 @@ class OneLayerForm:
         """The form of ``g`` (float32 or float64 tensors), or ``None`` when ``g`` is not of it."""
         import scipy.sparse as sp
 
-        pert = [n for n in g if n.perturbed and n.op not in ("input", "clean_input")]
-        relus = [n for n in pert if n.op == "relu"]
-        if len(relus) != 1 or any(n.op != "relu" and not OPS[n.op].affine for n in pert):
+        enc = MilpEncoding(g)  # classifies every perturbed node by the op table, as the MILP does
+        enc.run()
+        if enc.problems or len(enc.relus) != 1:
             return None
-        relu = relus[0]
+        relu = g[enc.relus[0]]
         z_name = relu.inputs[0]
         shape = tuple(g[z_name].shape[1:])
         n_out = int(np.prod(g.output.shape[1:])) if g.output.shape else 0
@@ -74,11 +73,11 @@ class OneLayerForm:
         if len(shape) != 3 or not n_out or max(n_out, n_in) * n_hidden > MAX_DENSE:
             return None
         before = _ancestors(g, z_name)
-        after = [n for n in pert if n.name not in before and n.name != relu.name]
+        after = [n for n in g if n.perturbed and n.name not in before and n.name != relu.name]
         # after the ReLU, perturbed values may depend on the input only through it
         if any(i in before for n in after for i in n.inputs if i is not None and g[i].perturbed):
             return None
-        g64 = _double(g)
+        g64 = enc.g
         x0 = torch.zeros((1, *g.input.shape[1:]), dtype=torch.float64)
 
         def pre(x: Tensor) -> Tensor:
@@ -176,7 +175,7 @@ class OneLayerForm:
         bounds = so.Bounds(np.concatenate([xl, np.zeros(na), np.zeros(nb)]),
                            np.concatenate([xu, np.maximum(zu[u], 0), np.ones(nb)]))
         constraints = so.LinearConstraint(sp.csr_matrix(np.array(rows)), lo, hi) if rows else ()
-        with _quiet(not options.disp):
+        with quiet_stdout(not options.disp):
             res = so.milp(cost, integrality=np.concatenate([np.zeros(nx + na), np.ones(nb)]), bounds=bounds,
                           constraints=constraints, options={"time_limit": max(time_limit, 0.1), "disp": options.disp})
         found = float(res.fun) if res.x is not None and res.fun is not None else np.inf

@@ -315,6 +315,7 @@ class _Search:
         self.C_all = torch.cat([C for C, _ in spec.disjuncts]) if sum(self.rows) else torch.zeros(0, model.num_outputs,
                                                                                                 dtype=torch.float64)
         self.d_all = torch.cat([d for _, d in spec.disjuncts]) if sum(self.rows) else torch.zeros(0, dtype=torch.float64)
+        self.row_disjunct = torch.repeat_interleave(torch.arange(len(self.rows)), torch.tensor(self.rows))  # (S_total,)
         self.boxes = 0
 
     # -- counterexamples ----------------------------------------------------------------
@@ -421,6 +422,7 @@ class _Search:
         if form is None:
             return open_
         deadline = time.monotonic() + self.opts.tile_share * (self.deadline - time.monotonic())
+        milp = MilpOptions()  # its tolerance: how far above 0 a row's bound must be to count
         still = open_.clone()
         todo = torch.nonzero(open_).flatten().tolist()
         with tqdm(total=len(todo), desc="tiled MILP", unit="disjunct", leave=False,
@@ -430,9 +432,9 @@ class _Search:
                 for r in range(C.shape[0]):
                     if time.monotonic() >= deadline:
                         return still
-                    bound, tile = tile_bound(form, lo, hi, C[r], float(d[r]), deadline)
+                    bound, tile = tile_bound(form, lo, hi, C[r], float(d[r]), deadline, milp)
                     bar.set_postfix(row=r, bound=f"{bound:.4g}", tile=tile)
-                    if bound > MilpOptions().tolerance:
+                    if bound > milp.tolerance:
                         still[k] = False
                         break
                 bar.update()
@@ -458,7 +460,7 @@ class _Search:
         excluded = (margin.detach() > 0).split(self.rows, dim=1)
         cols = [e.any(1) if e.shape[1] else torch.zeros(B, dtype=torch.bool) for e in excluded]
         open_ = ~torch.stack(cols, 1)
-        row_open = open_[:, torch.repeat_interleave(torch.arange(len(self.rows)), torch.tensor(self.rows))]
+        row_open = open_[:, self.row_disjunct]
         weight = (row_open & (margin.detach() <= 0)).to(margin.dtype)
         if margin.requires_grad and bool(weight.any()):
             g_lo, g_hi = torch.autograd.grad((margin * weight).sum(), (lo_g, hi_g), allow_unused=True)
