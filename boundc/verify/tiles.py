@@ -28,6 +28,7 @@ from torch import Tensor
 
 from boundc.interpreter import Interpreter
 from boundc.ir import Graph
+from boundc.passes.graph.planning import ancestors
 from boundc.verify.milp import BOUND_SLACK, MilpEncoding, MilpOptions, quiet_stdout
 
 #: Entries the dense Jacobians taken while building a :class:`OneLayerForm` may have.
@@ -72,7 +73,7 @@ class OneLayerForm:
         n_in, n_hidden = int(np.prod(g.input.shape[1:])), int(np.prod(shape))
         if len(shape) != 3 or not n_out or max(n_out, n_in) * n_hidden > MAX_DENSE:
             return None
-        before = _ancestors(g, z_name)
+        before = set(ancestors(g, z_name))  # perturbed ones, z included
         after = [n for n in g if n.perturbed and n.name not in before and n.name != relu.name]
         # after the ReLU, perturbed values may depend on the input only through it
         if any(i in before for n in after for i in n.inputs if i is not None and g[i].perturbed):
@@ -182,18 +183,6 @@ class OneLayerForm:
         dual = getattr(res, "mip_dual_bound", None)
         dual = -np.inf if dual is None or not np.isfinite(dual) else min(float(dual), found)
         return const + dual, const + found, res.status == 0
-
-
-def _ancestors(g: Graph, name: str) -> set[str]:
-    """``name`` and every node it depends on."""
-    seen, todo = set(), [name]
-    while todo:
-        n = todo.pop()
-        if n is None or n in seen:
-            continue
-        seen.add(n)
-        todo.extend(g[n].inputs)
-    return seen
 
 
 def tile_bound(form: OneLayerForm, x_lower: Tensor, x_upper: Tensor, c: Tensor, d: float, deadline: float,
