@@ -37,6 +37,14 @@ class LinearOptions:
             bounds (IBP from the tightened bounds before each node): sound and
             never looser, but no longer the textbook CROWN bound.  Either way,
             only neurons that interval leaves undecided get backward passes.
+        skip_stable_side: a neuron with one kinked user (a ReLU) whose first backward
+            bound shows it stable (a lower bound ≥ 0 or an upper bound ≤ 0; the first side
+            is the one the interval's midpoint points to) gets no pass for its other side,
+            which keeps its interval bound.  Its relaxation is the same either way, so the
+            bounds built on it are too, at about half the backward rows where most neurons
+            are stable; only that side of the intermediate bound (a report's widths, the
+            intervals of later nodes that decide which neurons get rows) is looser.
+            ``False``: both sides for every undecided neuron (the textbook CROWN bounds).
         output_upper: also bound the outputs (or spec rows) from above.  ``False``:
             the final backward pass carries lower rows only (about half its cost
             after the first activation, and α-CROWN optimises only the lower side)
@@ -50,6 +58,7 @@ class LinearOptions:
     alpha_iterations: int = 20
     alpha_lr: float = 0.5
     intersect_ibp: bool = False
+    skip_stable_side: bool = True
     output_upper: bool = True
 
 

@@ -152,3 +152,47 @@ def test_training_cache_compiles_lower_only() -> None:
     full = boundc.compile(m, x[:2], method="crown-ibp")
     lower, _ = full(xl, xu, boundc.margin_spec(y, 10))
     torch.testing.assert_close(margin_lower_bounds(bm, x, y, 0.01, (0.0, 1.0), 10), lower, rtol=1e-6, atol=1e-6)
+
+
+def _relu_input_bounds(model: nn.Module, x: torch.Tensor, eps: float, **linear) -> tuple[dict, torch.Tensor]:
+    """CROWN's recorded bounds of every ReLU input, and the logit bounds."""
+    from boundc.report import node_bounds
+
+    bm = boundc.compile(model, x[:1], method="crown", options=CompileOptions(linear=LinearOptions(**linear)))
+    xl, xu = boundc.linf_box(x, eps)
+    relu_in = {n.inputs[0] for n in bm.graph if n.op == "relu" and n.perturbed}
+    bounds = node_bounds(bm, xl, xu)
+    with torch.no_grad():
+        out = torch.cat(bm(xl, xu), 1)
+    return {k: v for k, v in bounds.items() if k in relu_in}, out
+
+
+@pytest.mark.parametrize("name", ["small", "resnet", "conv_zoo"])
+@pytest.mark.parametrize("wrong_guess", [False, True])
+def test_skipping_the_stable_side_keeps_every_relaxation(name: str, wrong_guess: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bound that shows a ReLU input stable spares the other side's pass: each neuron is stable on
+    the same side as with both sides computed, an unstable one has the same two bounds, so the output
+    bounds are equal.  The first side is only a guess: guessing every neuron wrong changes nothing
+    either (it only costs the second pass).  And the skipping is real: with the midpoint guess some
+    stable neurons keep their looser interval bound on the side never computed."""
+    model, shape = _model(name)
+    x = torch.rand((3,) + shape)
+    both, out_both = _relu_input_bounds(model, x, 0.02, skip_stable_side=False)
+    if wrong_guess:
+        first = engine.first_side
+        monkeypatch.setattr(engine, "first_side", lambda lo, up, k: -first(lo, up, k))
+    one, out_one = _relu_input_bounds(model, x, 0.02)
+    assert both.keys() == one.keys() and len(both) >= 2
+    torch.testing.assert_close(out_one, out_both, rtol=1e-6, atol=1e-6)
+    looser = 0
+    for k, b in both.items():
+        o = one[k]
+        assert torch.equal(b.lower >= 0, o.lower >= 0) and torch.equal(b.upper <= 0, o.upper <= 0), k
+        unstable = (b.lower < 0) & (b.upper > 0)
+        torch.testing.assert_close(o.lower[unstable], b.lower[unstable], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(o.upper[unstable], b.upper[unstable], rtol=1e-6, atol=1e-6)
+        looser += int(((o.upper > b.upper + 1e-6) & (b.lower >= 0)).sum()
+                      + ((o.lower < b.lower - 1e-6) & (b.upper <= 0)).sum())
+    # a wrong first side proves nothing, so every neuron gets both passes: nothing is looser then
+    assert (looser == 0) if wrong_guess else (looser > 0)

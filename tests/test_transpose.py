@@ -184,3 +184,42 @@ def test_conv_transpose(stride, padding, output_padding, dilation, groups):
     _adjoint(lambda x: F.conv_transpose2d(x, w, None, kw["stride"], kw["padding"], (output_padding,) * 2, groups,
                                           kw["dilation"]),
              lambda A: tp.conv_transpose_t(A, (4, 5, 6), w, **kw), (4, 5, 6))
+
+
+@pytest.mark.parametrize("window,cin,kernel,stride,groups", [
+    (3, 8, 4, 2, 1),   # a basis entry touches 1/4 of the output window: one GEMM on CPU
+    (6, 8, 4, 2, 1),   # 16/196: the transposed convolution (the GEMM would do 12x the work)
+    (4, 1, 4, 2, 1),   # a first layer (one input channel): the GEMM, up to a 16-fold excess
+    (3, 8, 3, 1, 2),   # grouped
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float32 on CPU may take the fold path
+def test_window_transpose_is_conv_transpose(window, cin, kernel, stride, groups, dtype):
+    """Every path of the patches transpose (basis GEMM, fold, oneDNN) is ``conv_transpose2d`` of the windows."""
+    from boundc.passes.rules import patches
+
+    torch.manual_seed(0)
+    cout = 4 * groups
+    weight = torch.randn(cout, cin // groups, kernel, kernel, dtype=dtype)
+    A = torch.randn(2, 700, cout, window, window, dtype=dtype)  # more rows than basis entries
+    apply, size = patches._window_transpose((cout, window, window), weight, (stride, stride), (1, 1), groups,
+                                            A.shape[0] * A.shape[1])
+    want = F.conv_transpose2d(A.flatten(0, 1), weight, stride=stride, groups=groups)
+    assert tuple(want.shape[-2:]) == size
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(apply(A), want.reshape(A.shape[:2] + want.shape[1:]), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("rows,batch_A,batch_v", [(9, 4, 4), (1, 4, 4), (5, 1, 4), (5, 4, 1)])
+def test_linalg_products_equal_einsum(rows, batch_A, batch_v):
+    """The BLAS-friendly products equal their einsum, broadcasting a batch of one either side."""
+    from boundc.passes.rules import linalg
+
+    torch.manual_seed(0)
+    A = torch.randn(batch_A, rows, 37, dtype=torch.float64)
+    v = torch.randn(batch_v, 37, dtype=torch.float64)
+    torch.testing.assert_close(linalg.matvec(A, v), torch.einsum("bse,be->bs", A, v))
+    w = torch.randn(batch_v, rows, dtype=torch.float64)
+    torch.testing.assert_close(linalg.vecmat(w, A), torch.einsum("bn,bnk->bk", w, A))
+    t = torch.randn(batch_v, rows, 37, dtype=torch.float64)
+    torch.testing.assert_close(linalg.rowdot(A, t), torch.einsum("bse,bse->bs", A, t))
+    torch.testing.assert_close(linalg.rowdot(A, v.unsqueeze(1)), torch.einsum("bse,be->bs", A, v))

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from . import transpose
 from .interval import Interval
+from .linalg import matvec, rowdot
 from .ops import OpDef, opdef
 from .registry import deriver, rule
 from .relaxation import Mode
@@ -112,8 +113,8 @@ def concretize(c: Coeffs, x_lower: Tensor, x_upper: Tensor) -> Interval:
     centre = ((x_upper + x_lower) / 2).flatten(1)
     radius = ((x_upper - x_lower) / 2).flatten(1)
     lA, uA = c.lA.flatten(2), c.uA.flatten(2)
-    lower = torch.einsum("bsn,bn->bs", lA, centre) - torch.einsum("bsn,bn->bs", lA.abs(), radius) + c.lb
-    upper = torch.einsum("bsn,bn->bs", uA, centre) + torch.einsum("bsn,bn->bs", uA.abs(), radius) + c.ub
+    lower = matvec(lA, centre) - matvec(lA.abs(), radius) + c.lb
+    upper = matvec(uA, centre) + matvec(uA.abs(), radius) + c.ub
     return Interval(lower, upper)
 
 
@@ -301,15 +302,6 @@ def _alpha_k(a: Tensor | None, node_ndim: int) -> Tensor | None:
     return a.unsqueeze(0)
 
 
-def rowdot(A: Tensor, t: Tensor) -> Tensor:
-    """``Σ_entries A * t`` per (sample, row): ``A`` (B, S, ...), ``t`` (B, S or 1, ...) → (B, S).
-    Also the window product of :mod:`.patches` (rows of the same windows)."""
-    A, t = A.flatten(2), t.flatten(2)
-    if t.shape[1] == 1:
-        return torch.einsum("bse,be->bs", A, t[:, 0])
-    return torch.einsum("bse,bse->bs", A, t)
-
-
 def maybe_nonzero(t: Tensor) -> bool:
     """False only where ``t`` is known to be all zeros (checked on CPU tensors outside tracing; elsewhere a
     check would cost a device sync or bake a constant into a traced graph, so every tensor counts)."""
@@ -402,4 +394,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
 
 
 __all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "nonzero_or_none", "relax_backward",
-           "rowdot", "through_lines", "zero_bias_like"]
+           "through_lines", "zero_bias_like"]

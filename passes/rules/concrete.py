@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .linalg import matvec
+
 
 def identity(x: Tensor) -> Tensor:
     """Return ``x``."""
@@ -172,7 +174,7 @@ def batch_var(x: Tensor) -> Tensor:
 
 def spec(y: Tensor, C: Tensor) -> Tensor:
     """``C @ y`` for ``C`` of shape (B, S, K) and ``y`` of shape (B, K)."""
-    return torch.einsum("bsk,bk->bs", C, y)
+    return matvec(C, y)
 
 
 def spec_linear(x: Tensor, weight: Tensor, bias: Tensor | None, C: Tensor) -> Tensor:

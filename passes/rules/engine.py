@@ -13,6 +13,7 @@ import enum
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -73,10 +74,10 @@ def start_spec_linear(C: Tensor, weight: Tensor, bias: Tensor | None) -> Coeffs:
     return Coeffs(A, A, b, b)
 
 
-def lower_rows_only(c: Coeffs) -> Coeffs:
+def lower_rows_only(c: Coeffs | patches.Patches) -> Coeffs | patches.Patches:
     """The same start with no upper rows: the upper pass then runs on zero rows and costs nothing
     (for callers that read only lower bounds: certification, certified training, branch and bound)."""
-    return Coeffs(c.lA, c.uA[:, :0], c.lb, c.ub[:, :0])
+    return c._replace(uA=c.uA[:, :0], ub=c.ub[:, :0])
 
 
 def unbounded_above(lower: Tensor) -> Tensor:
@@ -130,66 +131,129 @@ def undecided(bounds: Interval, kinks: tuple[float, ...] | None) -> Tensor:
 
 
 def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Start, weight: Tensor | None,
-                bias: Tensor | None):
-    """Start state for the neurons ``idx`` (B, r) of a node: row ``k`` of sample ``b`` is neuron ``idx[b, k]``."""
+                bias: Tensor | None, sign: Tensor | None = None):
+    """Start state for the neurons ``idx`` (B, r) of a node: row ``k`` of sample ``b`` is neuron ``idx[b, k]``
+    (times ``sign[b, k]`` = ±1 when given: a lower-only pass then bounds ``-x`` from below where it is -1)."""
     if start is Start.PATCHES:
-        return patches.start_rows(x_lower, shape, idx)
+        return patches.start_rows(x_lower, shape, idx, sign)
     B, k = idx.shape
     zero = torch.zeros(B, k, dtype=x_lower.dtype, device=x_lower.device)
     if start is Start.LINEAR:
-        w = weight[idx]
-        return Coeffs(w, w, zero if bias is None else bias[idx], zero if bias is None else bias[idx])
+        w, b = weight[idx], (zero if bias is None else bias[idx])
+        if sign is not None:
+            s = sign.to(w.dtype)
+            w, b = w * s.unsqueeze(2), b * s
+        return Coeffs(w, w, b, b)
     A = torch.zeros(B, k, math.prod(shape), dtype=x_lower.dtype, device=x_lower.device)
-    A.scatter_(2, idx.unsqueeze(2), 1.0)
+    A.scatter_(2, idx.unsqueeze(2), 1.0 if sign is None else sign.to(A.dtype).unsqueeze(2))
     A = A.reshape((B, k) + tuple(shape))
     return Coeffs(A, A, zero, zero)
 
 
+class _Rows(NamedTuple):
+    """Where the backward rows of one pass went: neuron ``order[b, k]`` of sample ``b`` (where ``valid``)."""
+
+    order: Tensor
+    valid: Tensor
+
+
+def _pick(todo: Tensor) -> _Rows | None:
+    """Rows for the ``todo`` (B, n) neurons of each sample, padded to the largest count (``None``: none)."""
+    count = todo.sum(1)
+    R = int(count.max()) if todo.shape[0] else 0
+    if R == 0:
+        return None
+    order = todo.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :R]  # todo first
+    return _Rows(order, torch.arange(R, device=order.device) < count.unsqueeze(1))
+
+
+def _run_rows(walk: Callable, names: tuple[str, ...], args: dict, rows: _Rows, chunk: int, progress: str | None,
+              start_of: Callable[[Tensor, Tensor | None], object], sign: Tensor | None = None) -> Interval:
+    """The walk over ``rows`` in chunks of ``chunk`` rows: (B, R) bounds in ``rows.order``.  With ``sign`` (B, n)
+    the pass is lower-only and row ``k`` bounds ``sign·x`` from below (its upper bound is empty)."""
+    B, R = args["x_lower"].shape[0], int(rows.order.shape[1])
+    lows, ups = [], []
+    for s in tqdm(range(0, R, chunk), desc=progress, unit="chunk", disable=None if progress else True, leave=False):
+        check_deadline()
+        idx = rows.order[:, s:s + chunk]
+        st = start_of(idx, None if sign is None else sign.gather(1, idx))
+        out = _call_walk(walk, names, args, start=st if sign is None else lower_rows_only(st))
+        lows.append(out.lower.expand(B, -1))
+        ups.append(out.upper.expand(B, -1))
+    return Interval(torch.cat(lows, 1), torch.cat(ups, 1))
+
+
+def _put(base: Tensor, rows: _Rows, values: Tensor, keep: Callable[[Tensor, Tensor], Tensor] | None) -> Tensor:
+    """``base`` with ``values`` written at the valid rows (combined with the old value by ``keep`` if given)."""
+    old = base.gather(1, rows.order)
+    if keep is not None:
+        values = keep(values, old)
+    return base.scatter(1, rows.order, torch.where(rows.valid, values, old))
+
+
+def first_side(lower: Tensor, upper: Tensor, kink: float) -> Tensor:
+    """Which bound of each neuron to compute first (int8, +1: the lower, -1: the upper): the side of
+    ``kink`` the interval's midpoint is on.  Only the cost depends on the choice, not the bounds."""
+    return torch.where((lower + upper) / 2 >= kink, 1, -1).to(torch.int8)
+
+
 def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: Start,
                     interval: Interval, kinks: tuple[float, ...] | None, row_elems: int, budget: int,
-                    intersect: bool = False, weight: Tensor | None = None, bias: Tensor | None = None,
-                    progress: str | None = None) -> Interval:
+                    intersect: bool = False, one_side: bool = True, weight: Tensor | None = None,
+                    bias: Tensor | None = None, progress: str | None = None) -> Interval:
     """Bounds of a node's neurons by backward passes over chunks of rows, only where they can matter.
 
     ``interval`` is a sound bound already known for the node (IBP from the
     tightened bounds before it); each sample gets rows only for its own
     :func:`undecided` neurons (padded to the largest count with neurons that
-    keep their interval), the others keep it.  Computed rows replace it (or are
+    keep their interval), the others keep it.  Computed bounds replace it (or are
     intersected with it when ``intersect``).  ``walk`` is the generated
     backward pass from the node (or, for :attr:`Start.LINEAR`, from the linear
     layer's input); a chunk holds at most ``budget`` coefficient entries of
     ``row_elems`` each.  ``progress``: the label of a progress bar over the chunks (``None``: none).
+
+    ``one_side`` (with a single kink ``k``, e.g. a ReLU's 0): a neuron's relaxation only needs the
+    side of ``k`` it is on once one bound shows it is stable.  A first lower-only pass bounds the
+    side that would show it — ``x ≥ k`` where the interval's midpoint is at or above ``k``, else
+    ``x ≤ k`` (a stable neuron's every point, so also a tight midpoint, is on its side) — and a
+    second pass bounds the other side only for the neurons still undecided.  A stable neuron keeps
+    its interval bound on the side not computed; its relaxation, and so the bounds built on it,
+    are unchanged.  The passes carry half the rows of a two-sided one each.
     """
     x_lower = args["x_lower"]
     B = x_lower.shape[0]
     lower, upper = interval.lower.reshape(B, -1), interval.upper.reshape(B, -1)
     todo = undecided(interval, kinks)
+
+    def start_of(idx: Tensor, sign: Tensor | None):
+        return _start_rows(x_lower, shape, idx, start, weight, bias, sign)
+
+    chunk = max(1, budget // max(1, B * row_elems))
     if torch.jit.is_tracing():  # static shapes for export: a row for every neuron, masked per sample
-        n = math.prod(shape)
         order = torch.ones_like(todo, dtype=torch.long).cumsum(1) - 1  # 0..n-1 per sample, computed at run time
-        valid, R = todo, n
-        rows = max(1, budget // max(1, row_elems))
+        rows, chunk = _Rows(order, todo), max(1, budget // max(1, row_elems))
+    elif one_side and kinks is not None and len(kinks) == 1:
+        k = kinks[0]
+        sign = first_side(lower, upper, k)
+        for side in (sign, -sign):
+            rows = _pick(todo)
+            if rows is None:
+                break
+            got = _run_rows(walk, names, args, rows, 2 * chunk, progress, start_of, side).lower
+            up = side.gather(1, rows.order) < 0
+            below = _Rows(rows.order, rows.valid & ~up)
+            above = _Rows(rows.order, rows.valid & up)
+            lower = _put(lower, below, got, torch.maximum if intersect else None)
+            upper = _put(upper, above, -got, torch.minimum if intersect else None)
+            todo = todo & (lower < k) & (upper > k)
+        return Interval(lower.reshape((B,) + tuple(shape)), upper.reshape((B,) + tuple(shape)))
     else:
-        count = todo.sum(1)
-        R = int(count.max()) if B else 0
-        if R == 0:
+        rows = _pick(todo)
+        if rows is None:
             return interval
-        order = todo.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :R]  # undecided first
-        valid = torch.arange(R, device=order.device) < count.unsqueeze(1)
-        rows = max(1, budget // max(1, B * row_elems))
-    lows, ups = [], []
-    for s in tqdm(range(0, R, rows), desc=progress, unit="chunk", disable=None if progress else True, leave=False):
-        check_deadline()
-        out = _call_walk(walk, names, args, start=_start_rows(x_lower, shape, order[:, s:s + rows], start, weight,
-                                                              bias))
-        lows.append(out.lower.expand(B, -1))
-        ups.append(out.upper.expand(B, -1))
-    old_lo, old_up = lower.gather(1, order), upper.gather(1, order)
-    lo, up = torch.cat(lows, 1), torch.cat(ups, 1)
-    if intersect:
-        lo, up = torch.maximum(lo, old_lo), torch.minimum(up, old_up)
-    lower = lower.scatter(1, order, torch.where(valid, lo, old_lo))
-    upper = upper.scatter(1, order, torch.where(valid, up, old_up))
+    out = _run_rows(walk, names, args, rows, chunk, progress, start_of)
+    lower = _put(lower, rows, out.lower, torch.maximum if intersect else None)
+    upper = _put(upper, rows, out.upper, torch.minimum if intersect else None)
     return Interval(lower.reshape((B,) + tuple(shape)), upper.reshape((B,) + tuple(shape)))
 
 
@@ -260,5 +324,5 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "lower_rows_only", "start_identity",
-           "start_spec", "start_spec_linear", "unbounded_above", "unflatten_output"]
+__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "first_side", "lower_rows_only",
+           "start_identity", "start_spec", "start_spec_linear", "unbounded_above", "unflatten_output"]

@@ -23,6 +23,7 @@ from boundc.interpreter import Emitting
 
 from . import concrete
 from .interval import Interval
+from .linalg import matvec, vecmat
 from .ops import OpDef, opdef
 from .registry import deriver, rule
 from .relaxation import Mode
@@ -64,8 +65,8 @@ def concretize(s: Symbolic, x_lower: Tensor, x_upper: Tensor) -> Interval:
     radius = ((x_upper - x_lower) / 2).flatten(1)
     shape = s.lb.shape
     lw, uw = s.lw.flatten(2), s.uw.flatten(2)
-    lower = torch.einsum("bnk,bn->bk", lw, centre) - torch.einsum("bnk,bn->bk", lw.abs(), radius)
-    upper = torch.einsum("bnk,bn->bk", uw, centre) + torch.einsum("bnk,bn->bk", uw.abs(), radius)
+    lower = vecmat(centre, lw) - vecmat(radius, lw.abs())
+    upper = vecmat(centre, uw) + vecmat(radius, uw.abs())
     return Interval(lower.reshape(shape) + s.lb, upper.reshape(shape) + s.ub)
 
 
@@ -224,8 +225,8 @@ def spec(y: Symbolic, C: Tensor) -> Symbolic:
     cp, cn = C.clamp(min=0), C.clamp(max=0)
     lw = torch.einsum("bsk,bnk->bns", cp, y.lw) + torch.einsum("bsk,bnk->bns", cn, y.uw)
     uw = torch.einsum("bsk,bnk->bns", cp, y.uw) + torch.einsum("bsk,bnk->bns", cn, y.lw)
-    lb = torch.einsum("bsk,bk->bs", cp, y.lb) + torch.einsum("bsk,bk->bs", cn, y.ub)
-    ub = torch.einsum("bsk,bk->bs", cp, y.ub) + torch.einsum("bsk,bk->bs", cn, y.lb)
+    lb = matvec(cp, y.lb) + matvec(cn, y.ub)
+    ub = matvec(cp, y.ub) + matvec(cn, y.lb)
     return Symbolic(lw, uw, lb, ub)
 
 

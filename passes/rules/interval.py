@@ -14,6 +14,7 @@ from boundc.kernels.dispatch import interval_conv, interval_linear
 from torch import Tensor
 
 from . import concrete
+from .linalg import matvec
 from .registry import deriver, rule
 from .values import Interval, as_interval, centre_radius, from_centre_radius
 
@@ -92,7 +93,7 @@ def mul(x: Interval | Tensor, y: Interval | Tensor) -> Interval:
 def spec(y: Interval, C: Tensor) -> Interval:
     """``C @ y`` for a batched spec ``C`` (B, S, K)."""
     c, r = centre_radius(y)
-    return from_centre_radius(torch.einsum("bsk,bk->bs", C, c), torch.einsum("bsk,bk->bs", C.abs(), r))
+    return from_centre_radius(matvec(C, c), matvec(C.abs(), r))
 
 
 @rule("spec_linear", DOMAIN)
@@ -100,10 +101,10 @@ def spec_linear(x: Interval, weight: Tensor, bias: Tensor | None, C: Tensor) -> 
     """The last linear layer folded into the spec: ``W' = C·W``, ``b' = C·b``."""
     w = torch.einsum("bsk,ki->bsi", C, weight)
     c, r = centre_radius(x)
-    centre = torch.einsum("bsi,bi->bs", w, c)
+    centre = matvec(w, c)
     if bias is not None:
-        centre = centre + torch.einsum("bsk,k->bs", C, bias)
-    return from_centre_radius(centre, torch.einsum("bsi,bi->bs", w.abs(), r))
+        centre = centre + C @ bias
+    return from_centre_radius(centre, matvec(w.abs(), r))
 
 
 # -- structural ops --------------------------------------------------------------

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import transpose
-from .backward import maybe_nonzero, rowdot, through_lines
+from .backward import maybe_nonzero, through_lines
 from .interval import Interval
+from .linalg import rowdot
 from .ops import OpDef
 from .registry import deriver, rule
 from .relaxation import Mode, relax
@@ -68,6 +69,19 @@ def _with(p: Patches, lA: Tensor, uA: Tensor, lb: Tensor | float = 0.0, ub: Tens
     return p._replace(lA=lA, uA=uA, lb=p.lb + lb, ub=p.ub + ub, **geometry)
 
 
+def _upper(p: Patches, fn: Callable[[Tensor], Tensor], lA: Tensor) -> Tensor:
+    """The upper coefficients mapped by ``fn``: the new ``lA`` while both are one tensor, and none of its
+    rows when the pass has no upper rows (a lower-only pass, :func:`~.engine.lower_rows_only`)."""
+    if p.uA is p.lA:
+        return lA
+    return lA[:, :0] if p.uA.shape[1] == 0 else fn(p.uA)
+
+
+def _dots(p: Patches, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rowdot(lA, t), rowdot(uA, t))`` for windows ``t`` of every row (an empty upper side stays empty)."""
+    return rowdot(p.lA, t), (p.ub[:, :0] if p.uA.shape[1] == 0 else rowdot(p.uA, t))
+
+
 def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
     """Gather the window of every row from a map ``t`` (B', C, H, W) → (B', R, C, Kh, Kw); zero outside the map."""
     kh, kw = (int(k) for k in (kernel or p.lA.shape[-2:]))  # static sizes (also while tracing for export)
@@ -95,12 +109,13 @@ def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], paddin
     return (masks[0][..., :, None] & masks[1][..., None, :]).unsqueeze(2)
 
 
-def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor) -> Patches:
-    """Unit rows for the neurons ``idx`` (B, R) (flat indices per sample) of a node of per-sample ``shape`` (C, H, W)."""
+def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, sign: Tensor | None = None) -> Patches:
+    """Unit rows for the neurons ``idx`` (B, R) (flat indices per sample) of a node of per-sample ``shape``
+    (C, H, W); with ``sign`` (B, R) of ±1, row ``r`` is ``sign[:, r]`` times its unit row."""
     C, H, W = shape
     B, R = idx.shape
     A = torch.zeros(B, R, C, dtype=x_lower.dtype, device=x_lower.device)
-    A.scatter_(2, (idx // (H * W)).unsqueeze(2), 1.0)
+    A.scatter_(2, (idx // (H * W)).unsqueeze(2), 1.0 if sign is None else sign.to(A.dtype).unsqueeze(2))
     A = A.reshape(B, R, C, 1, 1)
     pos = torch.stack(((idx % (H * W)) // W, idx % W), 2)
     zero = torch.zeros(B, R, dtype=x_lower.dtype, device=x_lower.device)
@@ -111,9 +126,8 @@ def concretize(p: Patches, x_lower: Tensor, x_upper: Tensor) -> Interval:
     """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias``."""
     centre = window_rows(p, (x_upper + x_lower) / 2)
     radius = window_rows(p, (x_upper - x_lower) / 2)
-    lower = rowdot(p.lA, centre) - rowdot(p.lA.abs(), radius) + p.lb
-    upper = rowdot(p.uA, centre) + rowdot(p.uA.abs(), radius) + p.ub
-    return Interval(lower, upper)
+    (lc, uc), (lr, ur) = _dots(p, centre), _dots(p._replace(lA=p.lA.abs(), uA=p.uA.abs()), radius)
+    return Interval(lc - lr + p.lb, uc + ur + p.ub)
 
 
 def add_patches(a: Patches, b: Patches) -> Patches:
@@ -147,6 +161,19 @@ def identity(p: Patches, x, *, in_shapes) -> tuple:
     return (p,)
 
 
+def _min_gemm_density(weight: Tensor, in_channels: int) -> float:
+    """The least share of a window one basis entry must touch for the GEMM to beat a transposed convolution.
+
+    The GEMM does ``1 / density`` times the multiply-adds of the convolution, at several times its
+    speed: oneDNN's CPU transposed convolution on many small windows runs at about a quarter of GEMM
+    speed with wide inputs, far below it with 1–4 input channels (a model's first layer), where the
+    GEMM wins up to a 16-fold excess.  On other devices the GEMM is kept up to that excess too.
+    """
+    if weight.device.type == "cpu" and in_channels > transpose.FOLD_MAX_CHANNELS:
+        return 1 / 4
+    return 1 / 16
+
+
 def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tuple, dilation: tuple, groups: int,
                       rows: int) -> tuple[Callable[[Tensor], Tensor], tuple[int, int]]:
     """The map from windows over a conv's output (B', R, Co, Kh, Kw) to windows over its input
@@ -158,7 +185,8 @@ def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tupl
     out_w = (kw - 1) * stride[1] + (weight.shape[3] - 1) * dilation[1] + 1
     ci = weight.shape[1] * groups
     dense = (weight.shape[2] * weight.shape[3]) / (out_h * out_w)  # share of a window one basis entry touches
-    gemm = rows > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS and dense >= 1 / 16
+    gemm = (rows > basis and basis * ci * out_h * out_w <= _MAX_GEMM_BASIS
+            and dense >= _min_gemm_density(weight, ci))
     M = None
     if gemm and not torch.jit.is_tracing():  # an exported graph would hold the identity as a constant
         eye = torch.eye(basis, dtype=weight.dtype, device=weight.device).reshape(basis, Co, kh, kw)
@@ -190,7 +218,7 @@ def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, strid
     new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
     inside = _inside(p, kernel, new_stride, new_pad, tuple(in_shapes[0][-2:]))
     lA = transpose(p.lA) * inside
-    uA = lA if p.uA is p.lA else transpose(p.uA) * inside
+    uA = _upper(p, lambda A: transpose(A) * inside, lA)
     return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
 
 
@@ -227,13 +255,12 @@ def _map(p: Patches, t: Tensor, shape: tuple[int, ...]) -> Tensor:
 def scale_shift(p: Patches, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
     """``A * scale`` window by window; ``A·shift`` into the bias."""
     shape = tuple(in_shapes[0])
-    lb = 0.0 if shift is None else rowdot(p.lA, _map(p, shift, shape))
-    ub = 0.0 if shift is None else rowdot(p.uA, _map(p, shift, shape))
+    lb, ub = (0.0, 0.0) if shift is None else _dots(p, _map(p, shift, shape))
     if scale is None:
         return (_with(p, p.lA, p.uA, lb, ub), None, None)
     s = _map(p, scale, shape)
     lA = p.lA * s
-    return (_with(p, lA, lA if p.uA is p.lA else p.uA * s, lb, ub), None, None)
+    return (_with(p, lA, _upper(p, lambda A: A * s, lA), lb, ub), None, None)
 
 
 def _two_inputs(p: Patches, x, y, in_shapes, sign: float) -> tuple:
@@ -242,9 +269,10 @@ def _two_inputs(p: Patches, x, y, in_shapes, sign: float) -> tuple:
     shape = tuple(in_shapes[0] if xp else in_shapes[1])
     lb = ub = 0.0
     if not xp:
-        lb, ub = rowdot(p.lA, _map(p, x, shape)), rowdot(p.uA, _map(p, x, shape))
+        lb, ub = _dots(p, _map(p, x, shape))
     if not yp:
-        lb, ub = lb + sign * rowdot(p.lA, _map(p, y, shape)), ub + sign * rowdot(p.uA, _map(p, y, shape))
+        ly, uy = _dots(p, _map(p, y, shape))
+        lb, ub = lb + sign * ly, ub + sign * uy
     biased = _with(p, p.lA, p.uA, lb, ub)
     out: list[Patches | None] = [biased if xp else None, None]
     if yp:
@@ -280,6 +308,8 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, 
     # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips it
     lb, ub = (window_rows(p, t) if maybe_nonzero(t) else None for t in (lines.lb, lines.ub))
     lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
+    if p.uA.shape[1] == 0:  # a lower-only pass
+        return _with(p, lA, lA[:, :0], lbias, 0.0)
     uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
     return _with(p, lA, uA, lbias, ubias)
 
