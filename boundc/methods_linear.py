@@ -194,8 +194,36 @@ def user_kinks(g: Graph, name: str) -> tuple[float, ...] | None:
     return tuple(sorted(kinks))
 
 
+class CentreWalk(Emitting):
+    """The model's own values at the centre of the input box, emitted on demand (one clean forward, node by
+    node as they are asked for): which side of a kink a neuron is on there guides the one-sided passes of
+    :func:`~boundc.passes.rules.engine.backward_bounds`.  Constants are the emitter's; perturbed values stay
+    in this walk (the emitter's hold intervals)."""
+
+    def __init__(self, em: Emitter) -> None:
+        super().__init__(em, "eval")
+        self.values = {}
+
+    def call(self, fn, args: tuple, kwargs: dict, node: Node, name: str | None = None) -> fx.Node:
+        """Emit the op, named ``centre_<node>``."""
+        return self.em.call(fn, args, kwargs, name=name or "centre_" + _ident(node.name))
+
+    def value(self, name: str | None):
+        """Perturbed nodes at the centre; constants as the emitter already has them."""
+        if name is not None and not self.em.g[name].perturbed:
+            return self.em.constant(self.em.g[name])
+        return super().value(name)
+
+    def source(self, node: Node) -> fx.Node:
+        """The box centre for the input; other sources as the emitter reads them."""
+        if node.op == "input":
+            return self.em.call(engine.box_centre, (self.em.inputs["x_lower"], self.em.inputs["x_upper"]),
+                                name="x_centre")
+        return super().source(node)
+
+
 def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interval: fx.Node,
-                     bounds: dict[str, fx.Node]) -> fx.Node:
+                     bounds: dict[str, fx.Node], centre: CentreWalk | None = None) -> fx.Node:
     """Emit the chunked backward passes that bound node ``p.node`` (a :class:`BoundPlan` with ``how="backward"``)."""
     g = em.g
     start = engine.Start(p.start)
@@ -212,6 +240,8 @@ def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interva
     if start is engine.Start.LINEAR:
         n = g[p.node]
         kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
+    if centre is not None and kw["kinks"] is not None and len(kw["kinks"]) == 1:
+        kw.update(centre=centre.value(p.node))
     return em.call(engine.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
                    name=f"bounds_{p.node}")
 
@@ -226,6 +256,7 @@ def emit_intermediate(em: Emitter, options: CompileOptions, mode: str, intermedi
     g = em.g
     plans = {p.node: p for p in plan_bounds(g, backward=intermediate == "backward")}
     bounds: dict[str, fx.Node] = {}
+    centre = CentreWalk(em) if options.linear.skip_stable_side else None
     for n in g:
         if not plans or len(bounds) == len(plans):
             break
@@ -236,7 +267,7 @@ def emit_intermediate(em: Emitter, options: CompileOptions, mode: str, intermedi
         if p is None:
             continue
         if p.how == "backward":
-            em.values[n.name] = _emit_bound_pass(em, options, mode, p, em.values[n.name], bounds)
+            em.values[n.name] = _emit_bound_pass(em, options, mode, p, em.values[n.name], bounds, centre)
         bounds[n.name] = em.values[n.name]
         bounds[n.name].meta["boundc_bounds"] = n.name  # read by BoundModule.report
     return bounds

@@ -181,7 +181,7 @@ def test_skipping_the_stable_side_keeps_every_relaxation(name: str, wrong_guess:
     both, out_both = _relu_input_bounds(model, x, 0.02, skip_stable_side=False)
     if wrong_guess:
         first = engine.first_side
-        monkeypatch.setattr(engine, "first_side", lambda lo, up, k: -first(lo, up, k))
+        monkeypatch.setattr(engine, "first_side", lambda point, k: -first(point, k))
     one, out_one = _relu_input_bounds(model, x, 0.02)
     assert both.keys() == one.keys() and len(both) >= 2
     torch.testing.assert_close(out_one, out_both, rtol=1e-6, atol=1e-6)

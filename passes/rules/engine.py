@@ -191,16 +191,23 @@ def _put(base: Tensor, rows: _Rows, values: Tensor, keep: Callable[[Tensor, Tens
     return base.scatter(1, rows.order, torch.where(rows.valid, values, old))
 
 
-def first_side(lower: Tensor, upper: Tensor, kink: float) -> Tensor:
+def box_centre(x_lower: Tensor, x_upper: Tensor) -> Tensor:
+    """The centre of the input box (where the one-sided passes look which side of a kink a neuron is on)."""
+    return (x_lower + x_upper) / 2
+
+
+def first_side(point: Tensor, kink: float) -> Tensor:
     """Which bound of each neuron to compute first (int8, +1: the lower, -1: the upper): the side of
-    ``kink`` the interval's midpoint is on.  Only the cost depends on the choice, not the bounds."""
-    return torch.where((lower + upper) / 2 >= kink, 1, -1).to(torch.int8)
+    ``kink`` the neuron's value at some ``point`` of its range is on (a stable neuron's every value is on
+    its side).  Only the cost depends on the choice, never the bounds."""
+    return torch.where(point >= kink, 1, -1).to(torch.int8)
 
 
 def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: Start,
                     interval: Interval, kinks: tuple[float, ...] | None, row_elems: int, budget: int,
-                    intersect: bool = False, one_side: bool = True, weight: Tensor | None = None,
-                    bias: Tensor | None = None, progress: str | None = None) -> Interval:
+                    intersect: bool = False, one_side: bool = True, centre: Tensor | None = None,
+                    weight: Tensor | None = None, bias: Tensor | None = None,
+                    progress: str | None = None) -> Interval:
     """Bounds of a node's neurons by backward passes over chunks of rows, only where they can matter.
 
     ``interval`` is a sound bound already known for the node (IBP from the
@@ -214,11 +221,12 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
 
     ``one_side`` (with a single kink ``k``, e.g. a ReLU's 0): a neuron's relaxation only needs the
     side of ``k`` it is on once one bound shows it is stable.  A first lower-only pass bounds the
-    side that would show it — ``x ≥ k`` where the interval's midpoint is at or above ``k``, else
-    ``x ≤ k`` (a stable neuron's every point, so also a tight midpoint, is on its side) — and a
-    second pass bounds the other side only for the neurons still undecided.  A stable neuron keeps
+    side that would show it — ``x ≥ k`` where the node's value at the box ``centre`` (the model's
+    own value there; without it the interval's midpoint) is at or above ``k``, else ``x ≤ k`` (a
+    stable neuron's every value is on its side) — and a second pass bounds the other side only
+    for the neurons still undecided.  A stable neuron keeps
     its interval bound on the side not computed; its relaxation, and so the bounds built on it,
-    are unchanged.  The passes carry half the rows of a two-sided one each.
+    are unchanged.  Each pass carries lower rows only: about half the work of a two-sided pass.
     """
     x_lower = args["x_lower"]
     B = x_lower.shape[0]
@@ -234,12 +242,12 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
         rows, chunk = _Rows(order, todo), max(1, budget // max(1, row_elems))
     elif one_side and kinks is not None and len(kinks) == 1:
         k = kinks[0]
-        sign = first_side(lower, upper, k)
+        sign = first_side((lower + upper) / 2 if centre is None else centre.reshape(B, -1), k)
         for side in (sign, -sign):
             rows = _pick(todo)
             if rows is None:
                 break
-            got = _run_rows(walk, names, args, rows, 2 * chunk, progress, start_of, side).lower
+            got = _run_rows(walk, names, args, rows, chunk, progress, start_of, side).lower
             up = side.gather(1, rows.order) < 0
             below = _Rows(rows.order, rows.valid & ~up)
             above = _Rows(rows.order, rows.valid & up)
@@ -324,5 +332,5 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "check_deadline", "deadline", "first_side", "lower_rows_only",
+__all__ = ["alpha_optimize", "backward_bounds", "box_centre", "check_deadline", "deadline", "first_side", "lower_rows_only",
            "start_identity", "start_spec", "start_spec_linear", "unbounded_above", "unflatten_output"]
