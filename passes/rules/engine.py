@@ -224,9 +224,9 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     side that would show it — ``x ≥ k`` where the node's value at the box ``centre`` (the model's
     own value there; without it the interval's midpoint) is at or above ``k``, else ``x ≤ k`` (a
     stable neuron's every value is on its side) — and a second pass bounds the other side only
-    for the neurons still undecided.  A stable neuron keeps
-    its interval bound on the side not computed; its relaxation, and so the bounds built on it,
-    are unchanged.  Each pass carries lower rows only: about half the work of a two-sided pass.
+    for the neurons still undecided.  A stable neuron keeps its interval bound on the side not
+    computed; its relaxation, and so the bounds built on it, are unchanged.  Each pass carries
+    lower rows only: about half the work of a two-sided pass.
     """
     x_lower = args["x_lower"]
     B = x_lower.shape[0]
