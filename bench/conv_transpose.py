@@ -1,9 +1,11 @@
-"""Transposed 2-d convolution on CPU: ``conv_transpose2d`` against one GEMM + ``fold`` (col2im), side by side.
+"""Transposed 2-d convolution on CPU: ``conv_transpose2d``, one GEMM + ``fold`` (col2im), and (stride 1)
+a convolution with the flipped kernel, side by side.
 
-``python bench/conv_transpose.py [--threads 1]`` times both forms on the convolutions of the example
-models (rows = backward rows × batch) in float32 and float64 and prints the time of each and their ratio.
-It is the evidence behind ``passes.rules.transpose.FOLD_MAX_CHANNELS``: the fold form wins for narrow
-outputs (1-3 input channels of the convolution) in float32 and loses for wide ones.
+``python bench/conv_transpose.py [--threads 1]`` times the forms on the convolutions of the example
+models (rows = backward rows × batch) in float32 and float64 and prints the time of each and the ratios.
+It is the evidence behind ``passes.rules.transpose.FOLD_MAX_CHANNELS`` and ``flip_path``: the fold form
+wins for narrow outputs (1-3 input channels of the convolution) in float32 and loses for wide ones; the
+flipped-kernel convolution wins for wide stride-1 ones in float32 and loses in float64.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from boundc.passes.rules.transpose import conv2d_input_fold
+from boundc.passes.rules.transpose import conv2d_input_flipped, conv2d_input_fold
 
 #: (name, out channels, in channels, kernel, stride, padding, input size, rows)
 CASES = [("small conv1", 16, 1, 4, 2, 0, 28, 1600), ("small conv2", 32, 16, 4, 1, 0, 13, 1600),
@@ -31,12 +33,13 @@ def _time(fn, repeat: int = 3) -> float:
 
 
 def main() -> None:
-    """Print one line per (dtype, case): both times in ms and conv_transpose / fold."""
+    """Print one line per (dtype, case): the times in ms and conv_transpose / fold, conv_transpose / flip."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"{'dtype':8s} {'case':14s} {'Ci':>3s} {'conv_t ms':>10s} {'fold ms':>9s} {'conv_t/fold':>11s}")
+    print(f"{'dtype':8s} {'case':14s} {'Ci':>3s} {'conv_t ms':>10s} {'fold ms':>9s} {'flip ms':>9s} "
+          f"{'conv_t/fold':>11s} {'conv_t/flip':>11s}")
     for dtype in (torch.float32, torch.float64):
         for name, co, ci, k, s, p, hw, rows in CASES:
             torch.manual_seed(0)
@@ -46,7 +49,10 @@ def main() -> None:
             extra = hw - ((ho - 1) * s - 2 * p + k)
             t_ct = _time(lambda A=A, w=w, s=s, p=p, extra=extra: F.conv_transpose2d(A, w, None, s, p, extra))
             t_fold = _time(lambda A=A, w=w, s=s, p=p, hw=hw: conv2d_input_fold(A, w, (hw, hw), (s, s), (p, p)))
-            print(f"{str(dtype)[6:]:8s} {name:14s} {ci:3d} {t_ct:10.1f} {t_fold:9.1f} {t_ct / t_fold:11.2f}", flush=True)
+            t_flip = (_time(lambda A=A, w=w, p=p: conv2d_input_flipped(A, w, (p, p), (1, 1))) if s == 1 else None)
+            flip, ratio = ("-", "-") if t_flip is None else (f"{t_flip:.1f}", f"{t_ct / t_flip:.2f}")
+            print(f"{str(dtype)[6:]:8s} {name:14s} {ci:3d} {t_ct:10.1f} {t_fold:9.1f} {flip:>9s} {t_ct / t_fold:11.2f} "
+                  f"{ratio:>11s}", flush=True)
 
 
 if __name__ == "__main__":
