@@ -39,8 +39,8 @@ class LinearOptions:
             only neurons that interval leaves undecided get backward passes.
         skip_stable_side: a neuron with one kinked user (a ReLU) whose first backward
             bound shows it stable (a lower bound ≥ 0 or an upper bound ≤ 0; the first side
-            is the one the interval's midpoint points to) gets no pass for its other side,
-            which keeps its interval bound.  Its relaxation is the same either way, so the
+            is the one the model's value at the box centre is on) gets no pass for its other
+            side, which keeps its interval bound.  Its relaxation is the same either way, so the
             bounds built on it are too, at about half the backward rows where most neurons
             are stable; only that side of the intermediate bound (a report's widths, the
             intervals of later nodes that decide which neurons get rows) is looser.
