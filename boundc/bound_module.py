@@ -40,6 +40,9 @@ class BoundModule(nn.Module):
             check_box(x_lower, x_upper, self.input_shape)
             if C is not None:
                 check_spec(C, x_lower.shape[0], self.output_shape[-1] if self.output_shape else 1)
+        if x_lower.shape[0] == 0:  # nothing to bound (the last batch of a loader may be empty)
+            empty = x_lower.new_empty((0, C.shape[1]) if C is not None else (0,) + self.output_shape)
+            return empty, empty.clone()
         kwargs = {}
         if self._needs_clean:
             kwargs["x_clean"] = (x_lower + x_upper) / 2 if x is None else x

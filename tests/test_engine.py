@@ -196,3 +196,17 @@ def test_skipping_the_stable_side_keeps_every_relaxation(name: str, wrong_guess:
                       + ((o.lower < b.lower - 1e-6) & (b.upper <= 0)).sum())
     # a wrong first side proves nothing, so every neuron gets both passes: nothing is looser then
     assert (looser == 0) if wrong_guess else (looser > 0)
+
+
+@pytest.mark.parametrize("method", boundc.methods())
+def test_an_empty_batch_gives_empty_bounds(method: str) -> None:
+    """A batch of no samples (the last batch of a loader can be one) gives empty bounds, with and
+    without a spec, under every method (a CNN with max pooling)."""
+    m = examples.build("pool")
+    x = torch.rand(2, 1, 28, 28)
+    bm = boundc.compile(m, x, method=method)
+    xl, xu = boundc.linf_box(x[:0], 0.01)
+    lo, up = bm(xl, xu)
+    assert lo.shape == up.shape == (0, 10)
+    lo, up = bm(xl, xu, boundc.margin_spec(torch.zeros(0, dtype=torch.long), 10))
+    assert lo.shape == up.shape == (0, 9)

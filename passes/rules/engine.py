@@ -229,8 +229,8 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     lower rows only: about half the work of a two-sided pass.
     """
     x_lower = args["x_lower"]
-    B = x_lower.shape[0]
-    lower, upper = interval.lower.reshape(B, -1), interval.upper.reshape(B, -1)
+    B, n = x_lower.shape[0], math.prod(shape)
+    lower, upper = interval.lower.reshape(B, n), interval.upper.reshape(B, n)  # (an empty batch has no -1)
     todo = undecided(interval, kinks)
 
     def start_of(idx: Tensor, sign: Tensor | None):
@@ -242,7 +242,7 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
         rows, chunk = _Rows(order, todo), max(1, budget // max(1, row_elems))
     elif one_side and kinks is not None and len(kinks) == 1:
         k = kinks[0]
-        sign = first_side((lower + upper) / 2 if centre is None else centre.reshape(B, -1), k)
+        sign = first_side((lower + upper) / 2 if centre is None else centre.reshape(B, n), k)
         for side in (sign, -sign):
             rows = _pick(todo)
             if rows is None:

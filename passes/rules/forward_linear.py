@@ -11,6 +11,7 @@ concrete bounds of their input (:func:`concretize`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -44,17 +45,17 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape((-1,) + tuple(t.shape[2:]))
 
 
-def _unrows(t: Tensor, B: int) -> Tensor:
-    return t.reshape((B, -1) + tuple(t.shape[1:]))
+def _unrows(t: Tensor, B: int, k: int) -> Tensor:
+    return t.reshape((B, k) + tuple(t.shape[1:]))  # k explicit: an empty batch leaves -1 undetermined
 
 
 def _cr_map(s: Symbolic, lin: Callable[[Tensor], Tensor], lin_abs: Callable[[Tensor], Tensor],
             full: Callable[[Tensor], Tensor]) -> Symbolic:
     """Apply an affine op in centre/radius form: ``lin`` (no constant part) / ``lin_abs`` on coefficient
     rows, ``full`` (with its constant part) on the bias."""
-    B = s.lw.shape[0]
+    B, k = s.lw.shape[:2]
     c, r = _rows((s.lw + s.uw) / 2), _rows((s.uw - s.lw) / 2)
-    c, r = _unrows(lin(c), B), _unrows(lin_abs(r), B)
+    c, r = _unrows(lin(c), B, k), _unrows(lin_abs(r), B, k)
     cb, rb = full((s.lb + s.ub) / 2), lin_abs((s.ub - s.lb) / 2)
     return Symbolic(c - r, c + r, cb - rb, cb + rb)
 
@@ -74,7 +75,7 @@ def concretize(s: Symbolic, x_lower: Tensor, x_upper: Tensor) -> Interval:
 def input_symbolic(x_lower: Tensor, x_upper: Tensor) -> Symbolic:
     """The input itself: identity coefficients (the input layer only), zero bias."""
     B, shape = x_lower.shape[0], tuple(x_lower.shape[1:])
-    n = x_lower[0].numel()
+    n = math.prod(shape)
     eye = torch.eye(n, dtype=x_lower.dtype, device=x_lower.device).reshape((1, n) + shape).expand((B, n) + shape)
     zero = torch.zeros_like(x_lower)
     return Symbolic(eye, eye, zero, zero)
@@ -155,10 +156,10 @@ def _monotone_linear(fn: Callable[..., Tensor]) -> Callable[..., Symbolic]:
     """Rule for an op that is affine with non-negative weights (reshape, permute, pad, average pooling)."""
 
     def forward(x: Symbolic, **attrs) -> Symbolic:
-        B = x.lw.shape[0]
+        B, k = x.lw.shape[:2]
         f0 = fn(torch.zeros((1,) + tuple(x.lb.shape[1:]), dtype=x.lb.dtype, device=x.lb.device), **attrs)
-        lw = _unrows(fn(_rows(x.lw), **attrs) - f0, B)
-        uw = lw if x.uw is x.lw else _unrows(fn(_rows(x.uw), **attrs) - f0, B)
+        lw = _unrows(fn(_rows(x.lw), **attrs) - f0, B, k)
+        uw = lw if x.uw is x.lw else _unrows(fn(_rows(x.uw), **attrs) - f0, B, k)
         return Symbolic(lw, uw, fn(x.lb, **attrs), fn(x.ub, **attrs))
 
     forward.__name__ = forward.__qualname__ = fn.__name__
