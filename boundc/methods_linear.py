@@ -235,12 +235,11 @@ def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interva
     widest = max(math.prod(g[a].shape[1:]) for a in ancestors(g, p.root))
     kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=user_kinks(g, p.node),
               row_elems=widest // (8 if form is PATCHES else 1), budget=options.linear.chunk_budget or ROW_BUDGET,
-              intersect=options.linear.intersect_ibp, one_side=options.linear.skip_stable_side,
-              progress=f"bounds {p.node}" if options.linear.progress else None)
+              intersect=options.linear.intersect_ibp, progress=f"bounds {p.node}" if options.linear.progress else None)
     if start is engine.Start.LINEAR:
         n = g[p.node]
         kw.update(weight=em.arg(n.inputs[1]), bias=em.arg(n.inputs[2]))
-    if centre is not None and kw["kinks"] is not None and len(kw["kinks"]) == 1:
+    if centre is not None and engine.single_kink(kw["kinks"]) is not None:  # one-sided passes
         kw.update(centre=centre.value(p.node))
     return em.call(engine.backward_bounds, (wnode, names, _walk_args(em, names, bmap, bounds)), kw,
                    name=f"bounds_{p.node}")

@@ -191,6 +191,11 @@ def _put(base: Tensor, rows: _Rows, values: Tensor, keep: Callable[[Tensor, Tens
     return base.scatter(1, rows.order, torch.where(rows.valid, values, old))
 
 
+def single_kink(kinks: tuple[float, ...] | None) -> float | None:
+    """The break point of a node's users when they have exactly one (where one-sided passes apply)."""
+    return kinks[0] if kinks is not None and len(kinks) == 1 else None
+
+
 def box_centre(x_lower: Tensor, x_upper: Tensor) -> Tensor:
     """The centre of the input box (where the one-sided passes look which side of a kink a neuron is on)."""
     return (x_lower + x_upper) / 2
@@ -205,7 +210,7 @@ def first_side(point: Tensor, kink: float) -> Tensor:
 
 def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape: tuple[int, ...], start: Start,
                     interval: Interval, kinks: tuple[float, ...] | None, row_elems: int, budget: int,
-                    intersect: bool = False, one_side: bool = True, centre: Tensor | None = None,
+                    intersect: bool = False, centre: Tensor | None = None,
                     weight: Tensor | None = None, bias: Tensor | None = None,
                     progress: str | None = None) -> Interval:
     """Bounds of a node's neurons by backward passes over chunks of rows, only where they can matter.
@@ -219,12 +224,12 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     layer's input); a chunk holds at most ``budget`` coefficient entries of
     ``row_elems`` each.  ``progress``: the label of a progress bar over the chunks (``None``: none).
 
-    ``one_side`` (with a single kink ``k``, e.g. a ReLU's 0): a neuron's relaxation only needs the
-    side of ``k`` it is on once one bound shows it is stable.  A first lower-only pass bounds the
-    side that would show it — ``x ≥ k`` where the node's value at the box ``centre`` (the model's
-    own value there; without it the interval's midpoint) is at or above ``k``, else ``x ≤ k`` (a
-    stable neuron's every value is on its side) — and a second pass bounds the other side only
-    for the neurons still undecided.  A stable neuron keeps its interval bound on the side not
+    With the node's value at the box ``centre`` (the model's own value there; given for a node
+    whose users have a single kink ``k``, e.g. a ReLU's 0, see :func:`single_kink`): a neuron's
+    relaxation only needs the side of ``k`` it is on once one bound shows it is stable.  A first
+    lower-only pass bounds the side that would show it — ``x ≥ k`` where the centre value is at or
+    above ``k``, else ``x ≤ k`` (a stable neuron's every value is on its side) — and a second pass
+    bounds the other side only for the neurons still undecided.  A stable neuron keeps its interval bound on the side not
     computed; its relaxation, and so the bounds built on it, are unchanged.  Each pass carries
     lower rows only: about half the work of a two-sided pass.
     """
@@ -240,9 +245,9 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     if torch.jit.is_tracing():  # static shapes for export: a row for every neuron, masked per sample
         order = torch.ones_like(todo, dtype=torch.long).cumsum(1) - 1  # 0..n-1 per sample, computed at run time
         rows, chunk = _Rows(order, todo), max(1, budget // max(1, row_elems))
-    elif one_side and kinks is not None and len(kinks) == 1:
-        k = kinks[0]
-        sign = first_side((lower + upper) / 2 if centre is None else centre.reshape(B, n), k)
+    elif centre is not None and single_kink(kinks) is not None:
+        k = single_kink(kinks)
+        sign = first_side(centre.reshape(B, n), k)
         for side in (sign, -sign):
             rows = _pick(todo)
             if rows is None:
@@ -332,5 +337,6 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.reshape((t.shape[0],) + tuple(shape))
 
 
-__all__ = ["alpha_optimize", "backward_bounds", "box_centre", "check_deadline", "deadline", "first_side", "lower_rows_only",
-           "start_identity", "start_spec", "start_spec_linear", "unbounded_above", "unflatten_output"]
+__all__ = ["alpha_optimize", "backward_bounds", "box_centre", "check_deadline", "deadline", "first_side",
+           "lower_rows_only", "single_kink", "start_identity", "start_spec", "start_spec_linear", "unbounded_above",
+           "unflatten_output"]

@@ -79,7 +79,10 @@ def _upper(p: Patches, fn: Callable[[Tensor], Tensor], lA: Tensor) -> Tensor:
 
 def _dots(p: Patches, t: Tensor) -> tuple[Tensor, Tensor]:
     """``(rowdot(lA, t), rowdot(uA, t))`` for windows ``t`` of every row (an empty upper side stays empty)."""
-    return rowdot(p.lA, t), (p.ub[:, :0] if p.uA.shape[1] == 0 else rowdot(p.uA, t))
+    lower = rowdot(p.lA, t)
+    if p.uA is p.lA:
+        return lower, lower
+    return lower, (p.ub[:, :0] if p.uA.shape[1] == 0 else rowdot(p.uA, t))
 
 
 def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
@@ -126,7 +129,9 @@ def concretize(p: Patches, x_lower: Tensor, x_upper: Tensor) -> Interval:
     """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias``."""
     centre = window_rows(p, (x_upper + x_lower) / 2)
     radius = window_rows(p, (x_upper - x_lower) / 2)
-    (lc, uc), (lr, ur) = _dots(p, centre), _dots(p._replace(lA=p.lA.abs(), uA=p.uA.abs()), radius)
+    lA_abs = p.lA.abs()
+    uA_abs = lA_abs if p.uA is p.lA else p.uA.abs()
+    (lc, uc), (lr, ur) = _dots(p, centre), _dots(p._replace(lA=lA_abs, uA=uA_abs), radius)
     return Interval(lc - lr + p.lb, uc + ur + p.ub)
 
 
