@@ -290,3 +290,68 @@ def test_optimise_stops_once_every_domain_is_safe() -> None:
     calls.clear()
     optimise(sb, root, 50, BabOptions(), time.monotonic() + 60)
     assert len(calls) == 51
+
+
+def test_refreshed_intermediate_bounds_hold_on_every_subdomain_and_tighten() -> None:
+    """CROWN under a domain's splits (:meth:`SpecBounds.refresh`) keeps every sampled input that meets the
+    splits inside the domain's pre-activation bounds, never widens a bound, tightens some, and calls a domain
+    empty only when no sampled input meets its splits; re-bounding only the layers after a new split gives
+    the same bounds there as re-bounding every layer."""
+    from boundc.passes.graph.analysis import evaluate
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(),
+                          nn.Linear(24, 3)).double().eval()
+    x = torch.rand(1, 6, dtype=torch.float64)
+    bm, bounds, sb, xl, xu = _setup(model, x, 0.4)
+    gen = torch.Generator().manual_seed(0)
+    n = 60
+    root = sb.domain_bounds({r: torch.zeros(1, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus})
+    splits = {r: torch.zeros(n, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
+    for i in range(n):  # three random unstable neurons of the first two layers, random sides
+        for _ in range(3):
+            r = sb.relus[int(torch.randint(2, (1,), generator=gen))]
+            b = root[sb.pre[r]]
+            cand = torch.nonzero(((b.lower < 0) & (b.upper > 0)).flatten()).flatten()
+            j = cand[int(torch.randint(cand.numel(), (1,), generator=gen))]
+            splits[r][i, j] = 1 if bool(torch.rand(1, generator=gen) < 0.5) else -1
+    base = sb.domain_bounds(splits)
+    new, empty = sb.refresh(base)
+    xs = xl + (xu - xl) * torch.rand((40000, 6), generator=gen, dtype=torch.float64)
+    xs[:2000] = torch.where(torch.rand((2000, 6), generator=gen) < 0.5, xl, xu)  # vertices
+    with torch.no_grad():
+        values = evaluate(bm.graph, xs)
+    pre = {r: values[sb.pre[r]].flatten(1) for r in sb.relus}
+    met_any = 0
+    for i in range(n):
+        meets = torch.ones(xs.shape[0], dtype=torch.bool)
+        for r in sb.relus:
+            s = splits[r][i].to(torch.float64)
+            meets &= ((pre[r] * s) >= 0).all(1)
+        if not bool(meets.any()):
+            continue
+        met_any += 1
+        assert not bool(empty[i]), i  # a domain with a point in it is never called empty
+        for r in sb.relus:
+            v = pre[r][meets]
+            lo, up = new[sb.pre[r]].lower.flatten(1)[i], new[sb.pre[r]].upper.flatten(1)[i]
+            assert torch.all(v >= lo - 1e-9) and torch.all(v <= up + 1e-9), (i, r)
+    assert met_any >= n // 3, met_any
+    shrunk = 0.0
+    for k, b in base.items():
+        lo, up = new[k].lower, new[k].upper
+        assert torch.all(lo >= b.lower) and torch.all(up <= b.upper), k
+        shrunk += float(((b.upper - b.lower) - (up - lo)).sum())
+    assert shrunk > 1e-2, shrunk
+    # one new split per domain, in layer 0 or 1: re-bounding only what follows it gives the same bounds there
+    layer = torch.randint(2, (n,), generator=gen)
+    one = {r: torch.zeros(n, math.prod(sb.shapes[r]), dtype=torch.int8) for r in sb.relus}
+    for i in range(n):
+        r = sb.relus[int(layer[i])]
+        b = root[sb.pre[r]]
+        j = torch.nonzero(((b.lower < 0) & (b.upper > 0)).flatten()).flatten()[0]
+        one[r][i, j] = 1 if i % 2 else -1
+    full, _ = sb.refresh(sb.domain_bounds(one))
+    part, _ = sb.refresh(sb.domain_bounds(one), layer)
+    last = sb.pre[sb.relus[-1]]
+    assert torch.allclose(full[last].lower, part[last].lower) and torch.allclose(full[last].upper, part[last].upper)

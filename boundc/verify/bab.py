@@ -83,6 +83,10 @@ class BabOptions:
             tighter intermediate bounds pay more: on eran's sigmoid 6x200 net, 60 steps left idx 4857 open
             at 300 s, 150 proved it in 115 s).
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
+        refresh_bounds: re-bound every child's intermediate bounds (:meth:`SpecBounds.refresh`: CROWN with
+            its splits) before optimising it, on networks with at most ``refresh_max_neurons`` ReLU neurons
+            (each child then costs a CROWN pass per layer: cheap on fully connected nets, where a split in an
+            early layer tightens every later layer's bounds).
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds when splitting ReLUs; ``cut_candidates``
             when cutting smooth activations (where the choice matters more: a cut only narrows).
@@ -102,6 +106,8 @@ class BabOptions:
     lr_intermediate: float = 0.4
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
+    refresh_bounds: bool = True
+    refresh_max_neurons: int = 4096
     branching: Branching = Branching.FSB
     fsb_candidates: int = 2
     cut_candidates: int = 4
@@ -216,9 +222,7 @@ class SpecBounds:
             idx = torch.nonzero(todo).flatten()
             if not idx.numel() or idx.numel() > max_rows:
                 continue
-            if p not in self._walks:
-                self._walks[p] = build_walk(self.g, p, "crown", with_alpha=True)
-            walk, names, bmap, amap = self._walks[p]
+            walk, names, bmap, amap = self._walk_from(p)
             if not amap:  # no relaxation before the node: CROWN's bound is already exact for the box
                 continue
             lo, up = b.lower.flatten(1)[0].clone(), b.upper.flatten(1)[0].clone()
@@ -298,14 +302,14 @@ class SpecBounds:
             b = bounds[n.inputs[0]]
             alpha.copy_(fn(alpha, b.lower.unsqueeze(1), b.upper.unsqueeze(1), **n.attrs))
 
-    def domain_bounds(self, splits: dict[str, Tensor], cuts: dict[str, Tensor] | None = None
-                      ) -> dict[str, Interval]:
-        """Per-domain pre-activation bounds (N, *shape): the root's, clamped by the splits and the cuts
-        (per smooth activation (N, 2, n): a lower and an upper bound of its input)."""
+    def domain_bounds(self, splits: dict[str, Tensor], cuts: dict[str, Tensor] | None = None,
+                      base: dict[str, Interval] | None = None) -> dict[str, Interval]:
+        """Per-domain pre-activation bounds (N, *shape): the root's (or ``base``, the domains' own), clamped
+        by the splits and the cuts (per smooth activation (N, 2, n): a lower and an upper bound of its input)."""
         cuts = cuts or {}
         N = _count(splits, cuts)
         out = {}
-        for node, b in self.root_bounds.items():
+        for node, b in (base or self.root_bounds).items():
             out[node] = Interval(b.lower.expand((N,) + b.lower.shape[1:]), b.upper.expand((N,) + b.upper.shape[1:]))
         for r in self.relus:
             p = self.pre[r]
@@ -319,6 +323,87 @@ class SpecBounds:
             lo, up = (c[:, k].reshape((N,) + self.shapes[a]) for k in (0, 1))
             out[p] = Interval(torch.maximum(b.lower, lo), torch.minimum(b.upper, up))
         return out
+
+    @torch.no_grad()
+    def refresh(self, bounds: dict[str, Interval], changed: Tensor | None = None, budget: int = 1 << 24
+                ) -> tuple[dict[str, Interval], Tensor]:
+        """CROWN on the intermediate bounds of a batch of domains under their splits.  In topological order,
+        the undecided neurons of every ReLU input after the first relaxation are re-bounded by a backward
+        pass from that input with CROWN's slopes on the domains' own bounds (``bounds``, (N, *shape), already
+        clamped by the splits, so a split neuron is relaxed exactly), and intersected with them, so later
+        layers see the tighter ones.  ``changed`` (N,): per domain, the index in :attr:`relus` of the one
+        ReLU whose split is new (only the inputs after it are re-bounded); ``None``: every input.
+        Returns the new bounds and a (N,) mask of the domains found empty: some neuron's lower bound is above
+        its upper by more than rounding (no input of the box meets the splits).  Bounds crossed by less than
+        that keep their old values (sound)."""
+        out = dict(bounds)
+        N = next(iter(bounds.values())).lower.shape[0]
+        dev = self.device
+        empty = torch.zeros(N, dtype=torch.bool, device=dev)
+        tol = 1e-5 if self.dtype == torch.float32 else 1e-9
+        for p in self._refreshable:
+            if changed is None:
+                sel = torch.arange(N, device=dev)
+            else:
+                after = torch.tensor([r in self._upstream[p] for r in self.relus], device=dev)
+                sel = torch.nonzero(after[changed]).flatten()
+            b = out[p]
+            lo, up = b.lower.flatten(1), b.upper.flatten(1)
+            idx = torch.nonzero(undecided(Interval(lo[sel], up[sel]), (0.0,)).any(0)).flatten()
+            if not idx.numel():
+                continue
+            walk, names, bmap, amap = self._walk_from(p)
+            R, shape = idx.numel(), tuple(self.g[p].shape[1:])
+            widest = max(math.prod(self.g[a].shape[1:]) for a in ancestors(self.g, p))
+            step = max(1, budget // (R * widest))
+            new_lo, new_up = lo.clone(), up.clone()
+            rows = torch.arange(R, device=dev)
+            for s0 in range(0, sel.numel(), step):
+                part_idx = sel[s0:s0 + step]
+                n = part_idx.numel()
+                part = {k: Interval(v.lower[part_idx], v.upper[part_idx]) for k, v in out.items()}
+                A = torch.zeros(n, R, lo.shape[1], dtype=self.dtype, device=dev)
+                A[:, rows, idx] = 1.0
+                A = A.reshape((n, R) + shape)
+                zero = torch.zeros(n, R, dtype=self.dtype, device=dev)
+                args: dict[str, object] = {"start": Coeffs(A, A, zero, zero),
+                                           "x_lower": self.x_lower.expand((n,) + self.x_lower.shape[1:]),
+                                           "x_upper": self.x_upper.expand((n,) + self.x_upper.shape[1:])}
+                for ph, node in bmap.items():
+                    args[ph] = part[node]
+                for ph, node in amap.items():
+                    a = self.crown_alpha(node, part, R)
+                    args[ph] = (a, a)
+                lower, upper = walk(*[args.get(k) for k in names])[:2]
+                grid = part_idx.unsqueeze(1), idx.unsqueeze(0)
+                new_lo[grid] = torch.fmax(lo[grid], lower)  # fmax: a NaN never wins
+                new_up[grid] = torch.fmin(up[grid], upper)
+            crossed = new_lo > new_up
+            empty |= (new_lo > new_up + tol * (1 + new_up.abs())).any(1)
+            new_lo = torch.where(crossed, lo, new_lo)
+            new_up = torch.where(crossed, up, new_up)
+            out[p] = Interval(new_lo.reshape(b.lower.shape), new_up.reshape(b.upper.shape))
+        return out, empty
+
+    @property
+    def _refreshable(self) -> list[str]:
+        """The ReLU inputs :meth:`refresh` re-bounds: those after some relaxation, in topological order."""
+        pres = {self.pre[r] for r in self.relus}
+        return [n.name for n in self.g if n.name in pres
+                and any(OPS[self.g[a].op].relaxation is not None for a in ancestors(self.g, n.name) if a != n.name)]
+
+    @property
+    def _upstream(self) -> dict[str, set[str]]:
+        """Per ReLU input :meth:`refresh` re-bounds, the ReLUs before it."""
+        if not hasattr(self, "_upstream_cache"):
+            self._upstream_cache = {p: set(ancestors(self.g, p)) & set(self.relus) for p in self._refreshable}
+        return self._upstream_cache
+
+    def _walk_from(self, node: str) -> tuple:
+        """The backward walk from intermediate ``node`` (built once)."""
+        if node not in self._walks:
+            self._walks[node] = build_walk(self.g, node, "crown", with_alpha=True)
+        return self._walks[node]
 
     def run(self, splits: dict[str, Tensor], alpha: dict[str, Tensor], beta: dict[str, Tensor],
             bounds: dict[str, Interval]) -> tuple[Tensor, list[Tensor]]:
@@ -386,6 +471,7 @@ class Domains:
     lower: Tensor
     excluded: Tensor
     cuts: dict[str, Tensor] = field(default_factory=dict)
+    bounds: dict[str, Interval] | None = None  # the domains' own intermediate bounds (None: the root's, clamped)
 
     def __len__(self) -> int:
         return self.lower.shape[0]
@@ -405,7 +491,9 @@ class Domains:
         """The domains ``idx``."""
         return Domains({k: v[idx] for k, v in self.splits.items()}, {k: v[:, idx] for k, v in self.alpha.items()},
                        {k: v[idx] for k, v in self.beta.items()}, self.lower[idx], self.excluded[idx],
-                       {k: v[idx] for k, v in self.cuts.items()})
+                       {k: v[idx] for k, v in self.cuts.items()},
+                       None if self.bounds is None else
+                       {k: Interval(v.lower[idx], v.upper[idx]) for k, v in self.bounds.items()})
 
     @staticmethod
     def cat(parts: list[Domains]) -> Domains:
@@ -415,12 +503,15 @@ class Domains:
                        {k: torch.cat([p.alpha[k] for p in parts], 1) for k in a.alpha},
                        {k: torch.cat([p.beta[k] for p in parts]) for k in a.beta},
                        torch.cat([p.lower for p in parts]), torch.cat([p.excluded for p in parts]),
-                       {k: torch.cat([p.cuts[k] for p in parts]) for k in a.cuts})
+                       {k: torch.cat([p.cuts[k] for p in parts]) for k in a.cuts},
+                       None if a.bounds is None else
+                       {k: Interval(torch.cat([p.bounds[k].lower for p in parts]),
+                                    torch.cat([p.bounds[k].upper for p in parts])) for k in a.bounds})
 
     def nbytes(self) -> int:
         """Bytes held."""
         ts = [*self.splits.values(), *self.alpha.values(), *self.beta.values(), self.lower, self.excluded,
-              *self.cuts.values()]
+              *self.cuts.values(), *(t for b in (self.bounds or {}).values() for t in (b.lower, b.upper))]
         return sum(t.numel() * t.element_size() for t in ts)
 
 
@@ -457,7 +548,7 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
     """Optimise α and β of a batch with Adam, keeping per row the best bound seen (never worse than the
     bound at the starting parameters, nor than ``dom.lower``, e.g. the parent's bound); with ``problem``,
     stop as soon as every domain is safe.  Returns the improved domains, the taps and the domain bounds."""
-    bounds = sb.domain_bounds(dom.splits, dom.cuts)
+    bounds = _own(sb, dom)
     alpha = {k: v.clone().requires_grad_(True) for k, v in dom.alpha.items()}
     beta = {k: v.clone().requires_grad_(True) for k, v in dom.beta.items()}
     groups = [{"params": [v], "lr": opts.lr_alpha * sb.lr_scale(sb.alphas[k])} for k, v in alpha.items()]
@@ -496,7 +587,7 @@ def optimise(sb: SpecBounds, dom: Domains, iterations: int, opts: BabOptions, de
                 for v in beta.values():
                     v.clamp_(min=0)
     taps = [t.detach() for t in taps]
-    return Domains(dom.splits, best_a, best_b, best, dom.excluded, dom.cuts), taps, bounds
+    return Domains(dom.splits, best_a, best_b, best, dom.excluded, dom.cuts, dom.bounds), taps, bounds
 
 
 def _scores(sb: SpecBounds, taps: list[Tensor], bounds: dict[str, Interval], splits: dict[str, Tensor],
@@ -566,24 +657,52 @@ def _children(sb: SpecBounds, dom: Domains, choice: Tensor, bounds: dict[str, In
     if cuts:  # a parent's tangent points may lie outside a child's narrower interval: start from CROWN's
         kb = sb.domain_bounds(splits, cuts)
         alpha = {k: sb.crown_alpha(sb.alphas[k], kb, sb.S) for k in alpha}
+    own = None
+    if dom.bounds is not None:  # the parent's own bounds, clamped by the children's splits
+        own = sb.domain_bounds(splits, cuts, {k: Interval(v.lower.repeat(2, *([1] * (v.lower.dim() - 1))),
+                                                          v.upper.repeat(2, *([1] * (v.upper.dim() - 1))))
+                                              for k, v in dom.bounds.items()})
     return Domains(splits, alpha, {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in dom.beta.items()},
-                   dom.lower.repeat(2, 1), dom.excluded.repeat(2, 1), cuts)
+                   dom.lower.repeat(2, 1), dom.excluded.repeat(2, 1), cuts, own)
+
+
+def _own(sb: SpecBounds, dom: Domains) -> dict[str, Interval]:
+    """The domains' bounds: their own when they keep them, else the root's clamped by their splits and cuts."""
+    return dom.bounds if dom.bounds is not None else sb.domain_bounds(dom.splits, dom.cuts)
+
+
+def _layer_of(sb: SpecBounds, choice: Tensor) -> Tensor:
+    """The index in ``sb.relus`` of each flat ReLU neuron index of ``choice``."""
+    sizes = torch.tensor([math.prod(sb.shapes[r]) for r in sb.relus], device=choice.device)
+    return torch.searchsorted(sizes.cumsum(0), choice, right=True)
 
 
 def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, Interval], problem: _Problem,
-            opts: BabOptions) -> Tensor:
+            opts: BabOptions, refresh: bool = False) -> Tensor:
     """The flat neuron to split per domain (BaBSR, or FSB over the top candidates)."""
     score = _scores(sb, taps, bounds, dom.splits, problem.row_weights(dom.excluded))
     if opts.branching is Branching.BABSR or score.shape[1] <= 1:
         return score.argmax(1)
     k = min(opts.fsb_candidates, score.shape[1])
     cand = score.topk(k, dim=1).indices  # (N, k)
+    if refresh and len(sb.relus) > 1:  # the best of each layer too: an early split tightens later layers
+        sizes = [math.prod(sb.shapes[r]) for r in sb.relus]
+        per_layer = [part.argmax(1) + off for part, off in
+                     zip(score[:, :sum(sizes)].split(sizes, 1), [0, *torch.tensor(sizes).cumsum(0).tolist()])]
+        cand = torch.cat([cand, torch.stack(per_layer, 1)], 1)
+        k = cand.shape[1]
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
     rep = dom.take(torch.arange(N, device=cand.device).repeat(k))
-    kids = _children(sb, rep, flat, sb.domain_bounds(rep.splits, rep.cuts))
+    kids = _children(sb, rep, flat, _own(sb, rep))
+    kb = _own(sb, kids)
+    empty = None
+    if refresh:
+        kb, empty = sb.refresh(kb, _layer_of(sb, flat).repeat(2))
     with torch.no_grad():
-        lower, _ = sb.run(kids.splits, kids.alpha, kids.beta, sb.domain_bounds(kids.splits, kids.cuts))
+        lower, _ = sb.run(kids.splits, kids.alpha, kids.beta, kb)
+    if empty is not None:
+        lower = torch.where(empty.unsqueeze(1), torch.full_like(lower, float("inf")), lower)
     v = problem.value(lower, kids.excluded)
     v = torch.minimum(v[:N * k], v[N * k:]).reshape(k, N)
     v = torch.where(torch.isfinite(score.gather(1, cand).T), v, torch.full_like(v, float("-inf")))
@@ -608,7 +727,11 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     problem = _Problem(d, rows, open_, sb.device)
     budget = opts.memory if opts.memory is not None else queue_budget(sb.device)
     opts = opts.for_network(bool(sb.relus))
-    root, taps, _ = optimise(sb, Domains.root(sb, ~open_), opts.root_iterations, opts, deadline, problem)
+    root = Domains.root(sb, ~open_)
+    refresh = opts.refresh_bounds and 0 < sum(math.prod(sb.shapes[r]) for r in sb.relus) <= opts.refresh_max_neurons
+    if refresh:
+        root.bounds = sb.domain_bounds(root.splits)
+    root, taps, _ = optimise(sb, root, opts.root_iterations, opts, deadline, problem)
     t0 = time.monotonic()
     count = 1
 
@@ -649,7 +772,7 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
             order = v.argsort()
             pick, rest = order[:opts.batch], order[opts.batch:]
             batch = queue.take(pick)
-            bbounds = sb.domain_bounds(batch.splits, batch.cuts)
+            bbounds = _own(sb, batch)
             with torch.no_grad():  # the coefficients for branching (not kept in the queue: memory)
                 _, btaps = sb.run(batch.splits, batch.alpha, batch.beta, bbounds)
             unstable = sb.unstable(bbounds, batch.splits)
@@ -657,10 +780,16 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
             if bool(stuck.any()):
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
                                  "a domain with nothing left to split is still open")
-            choice = _choose(sb, batch, btaps, bbounds, problem, opts)
+            choice = _choose(sb, batch, btaps, bbounds, problem, opts, refresh)
             kids = _children(sb, batch, choice, bbounds)
-            kids, ktaps, _ = optimise(sb, kids, opts.iterations, opts, deadline, problem)
             count += len(kids)
+            if refresh:
+                kids.bounds, empty = sb.refresh(kids.bounds, _layer_of(sb, choice).repeat(2))
+                kids = kids.take(torch.nonzero(~empty).flatten())  # no input meets their splits
+                if not len(kids):
+                    queue = queue.take(rest)
+                    continue
+            kids, ktaps, _ = optimise(sb, kids, opts.iterations, opts, deadline, problem)
             kids, cex = settle(kids, ktaps)
             if cex is not None:
                 return BabResult(Verdict.FALSIFIED, cex, count, float("-inf"), "counterexample at a domain vertex")
