@@ -83,10 +83,14 @@ class BabOptions:
             tighter intermediate bounds pay more: on eran's sigmoid 6x200 net, 60 steps left idx 4857 open
             at 300 s, 150 proved it in 115 s).
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
-        refresh_bounds: re-bound every child's intermediate bounds (:meth:`SpecBounds.refresh`: CROWN with
-            its splits) before optimising it, on networks with at most ``refresh_max_neurons`` ReLU neurons
-            (each child then costs a CROWN pass per layer: cheap on fully connected nets, where a split in an
-            early layer tightens every later layer's bounds).
+        refresh_bounds: re-bound every child's intermediate bounds (:meth:`SpecBounds.refresh`: CROWN under
+            its splits) before optimising it, and let FSB weigh each layer's best neuron with them, on networks
+            with at most ``refresh_max_neurons`` ReLU neurons in at most ``refresh_max_layers`` layers.  A split
+            in an early layer then tightens every later layer's bounds (mnistfc 256x4 prop_13_0.03: open at
+            300 s without, proved in 9 s with).  Each child costs a CROWN pass per later layer, and FSB bounds
+            a candidate per layer, so the cost grows with the square of the depth: on eran's 9x200 net
+            (1,610 neurons) idx 2971 went from proved in 205 s to open at 300 s, and on oval21's convolutional
+            base net (3,172) img4631 from proved in 270 s to open at 300 s.
         branching: :class:`Branching`.
         fsb_candidates: candidates per domain that FSB bounds when splitting ReLUs; ``cut_candidates``
             when cutting smooth activations (where the choice matters more: a cut only narrows).
@@ -107,7 +111,8 @@ class BabOptions:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     refresh_bounds: bool = True
-    refresh_max_neurons: int = 4096
+    refresh_max_neurons: int = 2048
+    refresh_max_layers: int = 6
     branching: Branching = Branching.FSB
     fsb_candidates: int = 2
     cut_candidates: int = 4
@@ -325,14 +330,15 @@ class SpecBounds:
         return out
 
     @torch.no_grad()
-    def refresh(self, bounds: dict[str, Interval], changed: Tensor | None = None, budget: int = 1 << 24
-                ) -> tuple[dict[str, Interval], Tensor]:
+    def refresh(self, bounds: dict[str, Interval], changed: Tensor | None = None, deadline: float = math.inf,
+                budget: int = 1 << 24) -> tuple[dict[str, Interval], Tensor]:
         """CROWN on the intermediate bounds of a batch of domains under their splits.  In topological order,
         the undecided neurons of every ReLU input after the first relaxation are re-bounded by a backward
         pass from that input with CROWN's slopes on the domains' own bounds (``bounds``, (N, *shape), already
         clamped by the splits, so a split neuron is relaxed exactly), and intersected with them, so later
         layers see the tighter ones.  ``changed`` (N,): per domain, the index in :attr:`relus` of the one
-        ReLU whose split is new (only the inputs after it are re-bounded); ``None``: every input.
+        ReLU whose split is new (only the inputs after it are re-bounded); ``None``: every input.  Past
+        ``deadline`` (checked between chunks of domains) the rest keep their bounds.
         Returns the new bounds and a (N,) mask of the domains found empty: some neuron's lower bound is above
         its upper by more than rounding (no input of the box meets the splits).  Bounds crossed by less than
         that keep their old values (sound)."""
@@ -359,6 +365,8 @@ class SpecBounds:
             new_lo, new_up = lo.clone(), up.clone()
             rows = torch.arange(R, device=dev)
             for s0 in range(0, sel.numel(), step):
+                if time.monotonic() > deadline:
+                    break
                 part_idx = sel[s0:s0 + step]
                 n = part_idx.numel()
                 part = {k: Interval(v.lower[part_idx], v.upper[part_idx]) for k, v in out.items()}
@@ -678,18 +686,23 @@ def _layer_of(sb: SpecBounds, choice: Tensor) -> Tensor:
 
 
 def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, Interval], problem: _Problem,
-            opts: BabOptions, refresh: bool = False) -> Tensor:
-    """The flat neuron to split per domain (BaBSR, or FSB over the top candidates)."""
+            opts: BabOptions, refresh: bool = False, deadline: float = math.inf
+            ) -> tuple[Tensor, tuple[dict[str, Interval], Tensor] | None]:
+    """The flat neuron to split per domain (BaBSR, or FSB over the top candidates).  With ``refresh``, FSB
+    bounds the candidates' children with refreshed intermediate bounds (:meth:`SpecBounds.refresh`) and
+    also returns those of the chosen children (in :func:`_children`'s order) with their empty mask."""
     score = _scores(sb, taps, bounds, dom.splits, problem.row_weights(dom.excluded))
     if opts.branching is Branching.BABSR or score.shape[1] <= 1:
-        return score.argmax(1)
+        return score.argmax(1), None
     k = min(opts.fsb_candidates, score.shape[1])
     cand = score.topk(k, dim=1).indices  # (N, k)
-    if refresh and len(sb.relus) > 1:  # the best of each layer too: an early split tightens later layers
+    if refresh and len(sb.relus) > 1:
+        # the best of each layer (an early split tightens every later layer), then the next best overall
         sizes = [math.prod(sb.shapes[r]) for r in sb.relus]
-        per_layer = [part.argmax(1) + off for part, off in
-                     zip(score[:, :sum(sizes)].split(sizes, 1), [0, *torch.tensor(sizes).cumsum(0).tolist()])]
-        cand = torch.cat([cand, torch.stack(per_layer, 1)], 1)
+        offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        best = torch.stack([part.argmax(1) + off for part, off in zip(score.split(sizes, 1), offsets)], 1)
+        rest = score.scatter(1, best, float("-inf")).topk(min(k - 1, score.shape[1] - len(sizes)), dim=1).indices
+        cand = torch.cat([best, rest], 1)
         k = cand.shape[1]
     N = len(dom)
     flat = cand.T.reshape(-1)  # candidate-major
@@ -698,7 +711,7 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     kb = _own(sb, kids)
     empty = None
     if refresh:
-        kb, empty = sb.refresh(kb, _layer_of(sb, flat).repeat(2))
+        kb, empty = sb.refresh(kb, _layer_of(sb, flat).repeat(2), deadline)
     with torch.no_grad():
         lower, _ = sb.run(kids.splits, kids.alpha, kids.beta, kb)
     if empty is not None:
@@ -706,7 +719,13 @@ def _choose(sb: SpecBounds, dom: Domains, taps: list[Tensor], bounds: dict[str, 
     v = problem.value(lower, kids.excluded)
     v = torch.minimum(v[:N * k], v[N * k:]).reshape(k, N)
     v = torch.where(torch.isfinite(score.gather(1, cand).T), v, torch.full_like(v, float("-inf")))
-    return cand.gather(1, v.argmax(0).unsqueeze(1)).squeeze(1)
+    best = v.argmax(0)
+    choice = cand.gather(1, best.unsqueeze(1)).squeeze(1)
+    if empty is None:
+        return choice, None
+    pick = best * N + torch.arange(N, device=best.device)
+    pick = torch.cat([pick, pick + N * k])  # the chosen candidate's active, then inactive children
+    return choice, ({n: Interval(b.lower[pick], b.upper[pick]) for n, b in kb.items()}, empty[pick])
 
 
 def _vertices(sb: SpecBounds, taps: list[Tensor], value_rows: Tensor) -> Tensor:
@@ -728,7 +747,8 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
     budget = opts.memory if opts.memory is not None else queue_budget(sb.device)
     opts = opts.for_network(bool(sb.relus))
     root = Domains.root(sb, ~open_)
-    refresh = opts.refresh_bounds and 0 < sum(math.prod(sb.shapes[r]) for r in sb.relus) <= opts.refresh_max_neurons
+    refresh = (opts.refresh_bounds and len(sb.relus) <= opts.refresh_max_layers
+               and 0 < sum(math.prod(sb.shapes[r]) for r in sb.relus) <= opts.refresh_max_neurons)
     if refresh:
         root.bounds = sb.domain_bounds(root.splits)
     root, taps, _ = optimise(sb, root, opts.root_iterations, opts, deadline, problem)
@@ -780,11 +800,13 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
             if bool(stuck.any()):
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
                                  "a domain with nothing left to split is still open")
-            choice = _choose(sb, batch, btaps, bbounds, problem, opts, refresh)
+            choice, refreshed = _choose(sb, batch, btaps, bbounds, problem, opts, refresh, deadline)
             kids = _children(sb, batch, choice, bbounds)
             count += len(kids)
             if refresh:
-                kids.bounds, empty = sb.refresh(kids.bounds, _layer_of(sb, choice).repeat(2))
+                if refreshed is None:
+                    refreshed = sb.refresh(kids.bounds, _layer_of(sb, choice).repeat(2), deadline)
+                kids.bounds, empty = refreshed
                 kids = kids.take(torch.nonzero(~empty).flatten())  # no input meets their splits
                 if not len(kids):
                     queue = queue.take(rest)
