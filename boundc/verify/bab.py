@@ -7,7 +7,9 @@ specification rows (the generated walk of :func:`boundc.methods_linear.build_wal
 in which
 
 * the pre-activation bounds are the root's (CROWN ∩ IBP) clamped by the splits, so
-  a split ReLU is relaxed exactly (identity or zero);
+  a split ReLU is relaxed exactly (identity or zero); on small networks each domain keeps
+  its own, re-bounded after every split by CROWN under its splits (:meth:`SpecBounds.refresh`),
+  so a split also tightens every later layer;
 * every activation's free relaxation parameters α (ReLU lower slopes, tangent
   points of smooth activations) are optimised, as in α-CROWN;
 * every split adds its constraint as a Lagrangian term ``β·σ·z`` (β >= 0,
@@ -496,7 +498,8 @@ def cast_graph(g: Graph, dtype: torch.dtype, device: torch.device | str = "cpu")
 @dataclass
 class Domains:
     """A batch of domains: splits (int8, per ReLU (N, n)), α, β, lower bounds (N, S), per-disjunct
-    exclusion flags (N, D) and cuts (per smooth activation (N, 2, n): bounds of its input)."""
+    exclusion flags (N, D), cuts (per smooth activation (N, 2, n): bounds of its input) and, where they
+    are refreshed, the domains' own intermediate bounds (per node (N, *shape))."""
 
     splits: dict[str, Tensor]
     alpha: dict[str, Tensor]
