@@ -33,6 +33,7 @@ counterexample candidate.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -397,19 +398,17 @@ class SpecBounds:
             out[p] = Interval(new_lo.reshape(b.lower.shape), new_up.reshape(b.upper.shape))
         return out, empty
 
-    @property
+    @functools.cached_property
     def _refreshable(self) -> list[str]:
         """The ReLU inputs :meth:`refresh` re-bounds: those after some relaxation, in topological order."""
         pres = {self.pre[r] for r in self.relus}
         return [n.name for n in self.g if n.name in pres
                 and any(OPS[self.g[a].op].relaxation is not None for a in ancestors(self.g, n.name) if a != n.name)]
 
-    @property
+    @functools.cached_property
     def _upstream(self) -> dict[str, set[str]]:
         """Per ReLU input :meth:`refresh` re-bounds, the ReLUs before it."""
-        if not hasattr(self, "_upstream_cache"):
-            self._upstream_cache = {p: set(ancestors(self.g, p)) & set(self.relus) for p in self._refreshable}
-        return self._upstream_cache
+        return {p: set(ancestors(self.g, p)) & set(self.relus) for p in self._refreshable}
 
     def _start_of(self, node: str) -> tuple[str, Callable[[Tensor], tuple[Tensor, Tensor]]]:
         """Where a backward pass bounding neurons of ``node`` starts, and its start rows ``(1, R, *shape)`` and
