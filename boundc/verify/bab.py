@@ -90,8 +90,8 @@ class BabOptions:
         lr_alpha, lr_beta: Adam learning rates of α (scaled by each relaxation's ``lr_scale``) and β.
         refresh_bounds: re-bound every child's intermediate bounds (:meth:`SpecBounds.refresh`: CROWN under
             its splits) before optimising it, and let FSB weigh each layer's best neuron with them (in place of
-            the top ``fsb_candidates`` overall; against both together, on four mnistfc 256x4 instances: prop_0_0.03
-            proved sooner, prop_4_0.05 and 10_0.05 closer to a proof at 300 s, prop_3_0.03 farther), on networks
+            the top ``fsb_candidates`` overall; against both together, on eight mnistfc 256x4 instances at 300 s:
+            the same three proved, the five still open all closer to a proof), on networks
             with at most ``refresh_max_neurons`` ReLU neurons in at most ``refresh_max_layers`` layers.  A split
             in an early layer then tightens every later layer's bounds (mnistfc 256x4 prop_13_0.03: open at
             300 s without, proved in 9 s with).  Each child costs a CROWN pass per later layer, and FSB bounds
