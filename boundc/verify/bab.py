@@ -50,7 +50,7 @@ from boundc.methods_linear import build_walk, emit_start, user_kinks
 from boundc.passes.graph.planning import ancestors
 from boundc.passes.graph.spec import attach_spec
 from boundc.passes.rules.backward import Coeffs
-from boundc.passes.rules.engine import lower_rows_only, relaxation_kinks, undecided
+from boundc.passes.rules.engine import Start, lower_rows_only, relaxation_kinks, start_rows, undecided
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.ops import OPS
 from boundc.verify.cascade import Verdict
@@ -225,8 +225,7 @@ class SpecBounds:
         stops its ``iterations`` there.  Returns how many neurons a kink no longer splits."""
         decided = 0
         order = [n.name for n in self.g if n.name in self.root_bounds]
-        below = [p for p in order if any(OPS[self.g[a].op].relaxation is not None
-                                         for a in ancestors(self.g, p) if a != p)]
+        below = [p for p in order if self._after_relaxation(p)]
         for left, p in zip(range(len(below), 0, -1), below):
             node_deadline = time.monotonic() + (deadline - time.monotonic()) / left
             b = self.root_bounds[p]
@@ -259,11 +258,8 @@ class SpecBounds:
                       deadline: float) -> tuple[Tensor, Tensor]:
         """Best lower and upper bounds of the neurons ``idx`` of a node over ``iterations`` Adam steps on α."""
         R, d = idx.numel(), self.dtype
-        A = torch.zeros(1, R, math.prod(shape), dtype=d, device=idx.device)
-        A[0, torch.arange(R, device=idx.device), idx] = 1.0
-        A = A.reshape((1, R) + shape)
-        zero = torch.zeros(1, R, dtype=d, device=idx.device)
-        args: dict[str, object] = {"start": Coeffs(A, A, zero, zero), "x_lower": self.x_lower, "x_upper": self.x_upper}
+        start = start_rows(self.x_lower, shape, idx.unsqueeze(0), Start.IDENTITY, None, None)
+        args: dict[str, object] = {"start": start, "x_lower": self.x_lower, "x_upper": self.x_upper}
         for ph, node in bmap.items():
             args[ph] = self.root_bounds[node]
         params = {}
@@ -359,8 +355,7 @@ class SpecBounds:
             if changed is None:
                 sel = torch.arange(N, device=dev)
             else:
-                after = torch.tensor([r in self._upstream[p] for r in self.relus], device=dev)
-                sel = torch.nonzero(after[changed]).flatten()
+                sel = torch.nonzero(self._upstream[p][changed]).flatten()
             b = out[p]
             lo, up = b.lower.flatten(1), b.upper.flatten(1)
             idx = torch.nonzero(undecided(Interval(lo[sel], up[sel]), (0.0,)).any(0)).flatten()
@@ -372,16 +367,14 @@ class SpecBounds:
             widest = max(math.prod(self.g[a].shape[1:]) for a in ancestors(self.g, p))
             step = max(1, budget // (R * widest))
             new_lo, new_up = lo.clone(), up.clone()
-            start_A, start_b = rows_of(idx)
+            start = rows_of(idx)
             for s0 in range(0, sel.numel(), step):
                 if time.monotonic() > deadline:
                     break
                 part_idx = sel[s0:s0 + step]
                 n = part_idx.numel()
                 part = {k: Interval(v.lower[part_idx], v.upper[part_idx]) for k, v in out.items()}
-                A = start_A.expand((n,) + start_A.shape[1:])
-                c = start_b.expand(n, R)
-                args: dict[str, object] = {"start": Coeffs(A, A, c, c),
+                args: dict[str, object] = {"start": Coeffs(*(t.expand((n,) + t.shape[1:]) for t in start)),
                                            "x_lower": self.x_lower.expand((n,) + self.x_lower.shape[1:]),
                                            "x_upper": self.x_upper.expand((n,) + self.x_upper.shape[1:])}
                 for ph, node in bmap.items():
@@ -404,36 +397,30 @@ class SpecBounds:
     def _refreshable(self) -> list[str]:
         """The ReLU inputs :meth:`refresh` re-bounds: those after some relaxation, in topological order."""
         pres = {self.pre[r] for r in self.relus}
-        return [n.name for n in self.g if n.name in pres
-                and any(OPS[self.g[a].op].relaxation is not None for a in ancestors(self.g, n.name) if a != n.name)]
+        return [n.name for n in self.g if n.name in pres and self._after_relaxation(n.name)]
+
+    def _after_relaxation(self, node: str) -> bool:
+        """Whether a relaxed activation lies before ``node`` (else CROWN bounds it exactly on the box)."""
+        return any(OPS[self.g[a].op].relaxation is not None for a in ancestors(self.g, node) if a != node)
 
     @functools.cached_property
-    def _upstream(self) -> dict[str, set[str]]:
-        """Per ReLU input :meth:`refresh` re-bounds, the ReLUs before it."""
-        return {p: set(ancestors(self.g, p)) & set(self.relus) for p in self._refreshable}
+    def _upstream(self) -> dict[str, Tensor]:
+        """Per ReLU input :meth:`refresh` re-bounds, which of :attr:`relus` lie before it (a bool mask)."""
+        return {p: torch.tensor([r in set(ancestors(self.g, p)) for r in self.relus], device=self.device)
+                for p in self._refreshable}
 
-    def _start_of(self, node: str) -> tuple[str, Callable[[Tensor], tuple[Tensor, Tensor]]]:
-        """Where a backward pass bounding neurons of ``node`` starts, and its start rows ``(1, R, *shape)`` and
-        biases ``(1, R)`` for the neurons ``idx`` (R,): the rows of the weight of a linear node (one product
-        fewer than unit rows at the node), else unit rows at the node."""
+    def _start_of(self, node: str) -> tuple[str, Callable[[Tensor], Coeffs]]:
+        """Where a backward pass bounding neurons of ``node`` starts, and its start state ``(1, R, ...)`` for
+        the neurons ``idx`` (R,): the rows of the weight of a linear node (one product fewer than unit rows at
+        the node), else unit rows at the node (:func:`~boundc.passes.rules.engine.start_rows`)."""
         n = self.g[node]
         consts = [self.g[i] for i in n.inputs[1:] if i is not None]
         if n.op == "linear" and consts and all(c.op == "param" for c in consts):
             weight = self.g.tensors[consts[0].attrs["target"]]
             bias = self.g.tensors[consts[1].attrs["target"]] if len(consts) > 1 else None
-
-            def linear_rows(idx: Tensor) -> tuple[Tensor, Tensor]:
-                b = torch.zeros(idx.numel(), dtype=self.dtype, device=self.device) if bias is None else bias[idx]
-                return weight[idx].unsqueeze(0), b.unsqueeze(0)
-            return n.inputs[0], linear_rows
+            return n.inputs[0], lambda idx: start_rows(self.x_lower, (), idx.unsqueeze(0), Start.LINEAR, weight, bias)
         shape = tuple(n.shape[1:])
-
-        def unit_rows(idx: Tensor) -> tuple[Tensor, Tensor]:
-            A = torch.zeros(idx.numel(), math.prod(shape), dtype=self.dtype, device=self.device)
-            A[torch.arange(idx.numel(), device=self.device), idx] = 1.0
-            return A.reshape((1, idx.numel()) + shape), torch.zeros(1, idx.numel(), dtype=self.dtype,
-                                                                  device=self.device)
-        return node, unit_rows
+        return node, lambda idx: start_rows(self.x_lower, shape, idx.unsqueeze(0), Start.IDENTITY, None, None)
 
     def _walk_from(self, node: str) -> tuple:
         """The backward walk from intermediate ``node`` (built once)."""

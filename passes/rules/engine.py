@@ -130,7 +130,7 @@ def undecided(bounds: Interval, kinks: tuple[float, ...] | None) -> Tensor:
     return open_
 
 
-def _start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Start, weight: Tensor | None,
+def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Start, weight: Tensor | None,
                 bias: Tensor | None, sign: Tensor | None = None):
     """Start state for the neurons ``idx`` (B, r) of a node: row ``k`` of sample ``b`` is neuron ``idx[b, k]``
     (times ``sign[b, k]`` = ±1 when given: a lower-only pass then bounds ``-x`` from below where it is -1)."""
@@ -239,7 +239,7 @@ def backward_bounds(walk: Callable, names: tuple[str, ...], args: dict, *, shape
     todo = undecided(interval, kinks)
 
     def start_of(idx: Tensor, sign: Tensor | None):
-        return _start_rows(x_lower, shape, idx, start, weight, bias, sign)
+        return start_rows(x_lower, shape, idx, start, weight, bias, sign)
 
     chunk = max(1, budget // max(1, B * row_elems))
     if torch.jit.is_tracing():  # static shapes for export: a row for every neuron, masked per sample
@@ -338,5 +338,5 @@ def unflatten_output(t: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 __all__ = ["alpha_optimize", "backward_bounds", "box_centre", "check_deadline", "deadline", "first_side",
-           "lower_rows_only", "single_kink", "start_identity", "start_spec", "start_spec_linear", "unbounded_above",
-           "unflatten_output"]
+           "lower_rows_only", "single_kink", "start_identity", "start_rows", "start_spec",
+           "start_spec_linear", "unbounded_above", "unflatten_output"]
