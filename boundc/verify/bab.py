@@ -358,7 +358,7 @@ class SpecBounds:
                 sel = torch.nonzero(self._upstream[p][changed]).flatten()
             b = out[p]
             lo, up = b.lower.flatten(1), b.upper.flatten(1)
-            idx = torch.nonzero(undecided(Interval(lo[sel], up[sel]), (0.0,)).any(0)).flatten()
+            idx = torch.nonzero(undecided(Interval(lo[sel], up[sel]), user_kinks(self.g, p)).any(0)).flatten()
             if not idx.numel():
                 continue
             root, rows_of = self._start_of(p)
