@@ -9,11 +9,13 @@ CROWN and α-CROWN (20 Adam steps) and prints, per batch size, one row per (mode
 * ``warm s``: the median of further calls (up to ``--repeat``, while they take under 20 s in
   all), what a verifier or a training loop sees, and the same as a multiple of one clean forward
   of the model at that batch size (``× fwd``, itself the mean of 10 warm calls);
-* ``peak MB``: resident-memory growth of the call (``ru_maxrss``; every (model, method, batch)
-  runs in a fresh subprocess so the peak is its own); with ``--device cuda`` the CUDA
-  allocator's exact peak above what was allocated before the call;
+* ``peak MB``: the peak of memory in use during the call above its level before: on CPU the C
+  heap's bytes in use (glibc ``mallinfo2``) read after every aten op in a second, untimed call
+  under a dispatch mode (where glibc is missing: resident-memory growth of the timed call,
+  ``ru_maxrss``, which misses memory the heap had already grown to; every (model, method, batch)
+  runs in a fresh subprocess); with ``--device cuda`` the CUDA allocator's exact peak;
 * ``coef MB``: the largest tensor of rank ≥ 3 the call creates (coefficient tensors are
-  ``(batch, rows, ...)``), found in a second, untimed call under a dispatch mode;
+  ``(batch, rows, ...)``), found in that same untimed call;
 * ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter).
 
 The linear methods bound the margins from below only (``LinearOptions(output_upper=False)``, what
@@ -27,34 +29,65 @@ Run it with one torch thread on a shared CPU (``--threads``, default 1).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 METHODS = ["ibp", "crown-ibp", "crown", "alpha-crown"]
 MODELS = ["small", "medium", "resnet", "bn_pool"]
 
 
-def _largest_tensor_mb(fn) -> float:
-    """MB of the largest rank >= 3 tensor any aten op returns while ``fn()`` runs."""
+def _heap_in_use() -> Callable[[], int] | None:
+    """Bytes the C heap has handed out now (glibc ``mallinfo2``: small blocks plus mmapped ones), or
+    ``None`` where that call does not exist."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    info.restype = MallInfo2
+
+    def in_use() -> int:
+        m = info()
+        return m.uordblks + m.hblkhd
+
+    return in_use
+
+
+def _tensor_memory_mb(fn) -> tuple[float, float | None]:
+    """While ``fn()`` runs: MB of the largest rank >= 3 tensor any aten op returns, and the peak of heap
+    memory in use above its level before the call, read after every op (``None`` without glibc)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Largest(TorchDispatchMode):
+    in_use = _heap_in_use()
+    base = in_use() if in_use else 0
+
+    class Watch(TorchDispatchMode):
         biggest = 0
+        peak = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in out if isinstance(out, (tuple, list)) else (out,):
                 if isinstance(t, torch.Tensor) and t.dim() >= 3:
-                    Largest.biggest = max(Largest.biggest, t.numel() * t.element_size())
+                    Watch.biggest = max(Watch.biggest, t.numel() * t.element_size())
+            if in_use:
+                Watch.peak = max(Watch.peak, in_use() - base)
             return out
 
-    with Largest():
+    with Watch():
         fn()
-    return Largest.biggest / 2**20
+    return Watch.biggest / 2**20, (Watch.peak / 2**20 if in_use else None)
 
 
 def run_one(model: str, method: str, batch: int, eps: float, threads: int, device: str = "cpu",
@@ -115,7 +148,9 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int, devic
             warm.append(time.perf_counter() - t)
     warm_time = sorted(warm)[len(warm) // 2] if warm else dt
     with torch.no_grad():
-        coef = _largest_tensor_mb(lambda: bm(xl, xu, C))
+        coef, live = _tensor_memory_mb(lambda: bm(xl, xu, C))
+    if live is not None and not cuda:
+        peak = live
     return {"time": warm_time, "cold": dt, "warm_calls": len(warm), "forward": forward,
             "margin": lower.mean().item(), "peak_mb": peak, "coef_mb": coef,
             "verified": (lower > 0).all(1).float().mean().item()}

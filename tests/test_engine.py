@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from boundc.passes.rules import engine
+from boundc.passes.rules import engine, linalg
 from boundc.passes.rules.interval import Interval
 from soundness import check_sound
 from torch import nn
@@ -91,6 +91,20 @@ def test_small_chunks_change_nothing() -> None:
     l1, u1 = _bounds(model, x, 0.02, "crown", chunk_budget=1)
     l2, u2 = _bounds(model, x, 0.02, "crown")
     assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(u1, u2, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["small", "resnet", "conv_zoo"])
+@pytest.mark.parametrize("upper", [True, False])
+def test_row_blocks_change_nothing(monkeypatch: pytest.MonkeyPatch, name: str, upper: bool) -> None:
+    """Rules that work by blocks of rows (relaxations in patches and dense form, the input's windows, the
+    GEMM + fold transpose of a one-channel convolution) give the bounds of one pass over all rows."""
+    model, shape = _model(name)
+    x = torch.rand((3,) + shape)
+    whole = _bounds(model, x, 0.02, "crown", output_upper=upper)
+    monkeypatch.setattr(linalg, "_BLOCK_ENTRIES", 40)  # blocks of a few rows, every tensor split
+    blocked = _bounds(model, x, 0.02, "crown", output_upper=upper)
+    for a, b in zip(whole, blocked):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5, equal_nan=True)
 
 
 def test_stable_neurons_skipped_without_loss(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ for absent ones) in addition to the node's attrs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from . import transpose
 from .interval import Interval
-from .linalg import matvec, rowdot
+from .linalg import blocks_allowed, matvec, row_blocks, rowdot
 from .ops import OpDef, opdef
 from .registry import deriver, rule
 from .relaxation import Mode
@@ -83,8 +84,10 @@ def zero_bias_like(c: Coeffs) -> Coeffs:
 
 
 def add_coeffs(a: Coeffs, b: Coeffs) -> Coeffs:
-    """Sum of the contributions of two users of one node."""
-    return Coeffs(a.lA + b.lA, a.uA + b.uA, a.lb + b.lb, a.ub + b.ub)
+    """Sum of the contributions of two users of one node (one sum while both keep one tensor per side)."""
+    lA = a.lA + b.lA
+    uA = lA if a.uA is a.lA and b.uA is b.lA else a.uA + b.uA
+    return Coeffs(lA, uA, a.lb + b.lb, a.ub + b.ub)
 
 
 def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float = 0.0,
@@ -313,8 +316,29 @@ def nonzero_or_none(t: Tensor) -> Tensor | None:
     return t if maybe_nonzero(t) else None
 
 
+def _cut(t: Tensor | None, block: slice) -> Tensor | None:
+    """Rows ``block`` of a (B or 1, S or 1, ...) operand (one broadcast over the rows is kept whole)."""
+    return t if t is None or t.shape[1] == 1 else t[:, block]
+
+
+def through_lines_blocked(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_neg: Tensor,
+                          bias_neg: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`through_lines` by :func:`row_blocks` into one output buffer (the same values)."""
+    if not blocks_allowed():
+        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg)
+    shape = torch.broadcast_shapes(A.shape, slope_pos.shape, slope_neg.shape)
+    blocks = row_blocks(A.shape[1], math.prod(shape) // max(1, A.shape[1]))
+    if blocks is None or shape[1] != A.shape[1]:
+        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg)
+    out, bias = A.new_empty(shape), A.new_empty(shape[:2])
+    for s in blocks:
+        bias[:, s] = through_lines(A[:, s], _cut(slope_pos, s), _cut(bias_pos, s), _cut(slope_neg, s),
+                                   _cut(bias_neg, s), out=out[:, s])[1]
+    return out, bias
+
+
 def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_neg: Tensor,
-                  bias_neg: Tensor | None) -> tuple[Tensor, Tensor]:
+                  bias_neg: Tensor | None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Coefficients through one line per sign: ``A⁺·slope_pos + A⁻·slope_neg`` and the bias
     ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it;
     a bias of ``None`` is zero (a ReLU's lower line, a stable layer) and skips its product.
@@ -322,14 +346,15 @@ def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_n
     Positive entries take exactly ``slope_pos`` (the other product is an exact zero), and no
     where-masks are materialised: the pass costs a few sweeps over ``A``.  When no gradient is
     recorded the products are formed in place in the buffer of ``A⁺`` (fewer and smaller
-    allocations: on CPU each fresh buffer of this size is page-faulted in anew).
+    allocations: on CPU each fresh buffer of this size is page-faulted in anew).  ``out`` (no gradient
+    recorded only): the buffer (of the broadcast shape) to form the coefficients in instead of a fresh one.
     """
-    P = A.clamp(min=0)
+    P = A.clamp(min=0) if out is None else torch.clamp(A.expand_as(out), min=0, out=out)
     N = A - P
     terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if b is not None]
     bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], slope_pos.shape[0]), A.shape[1])
     recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (A, slope_pos, slope_neg))
-    if recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape:
+    if out is None and (recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape):
         return torch.addcmul(P * slope_pos, N, slope_neg), bias
     return P.mul_(slope_pos).addcmul_(N, slope_neg), bias
 
@@ -345,12 +370,12 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, a
     l, u = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
     nd = c.lA.dim()
     low = lines(l, u, mode, None if alpha is None else _alpha_k(alpha[0], nd), **attrs)
-    lA, lb = through_lines(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub))
+    lA, lb = through_lines_blocked(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub))
     if c.uA.shape[1] == 0:  # no upper rows (lower bounds only): no upper lines, only the output's shapes
         uA, ub = through_lines(c.uA, l, None, l, None)
     else:
         up = low if alpha is None else lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
-        uA, ub = through_lines(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
+        uA, ub = through_lines_blocked(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
     lb, ub = c.lb + lb, c.ub + ub
     return Coeffs(lA, uA, lb, ub)
 
@@ -394,4 +419,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
 
 
 __all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "nonzero_or_none", "relax_backward",
-           "through_lines", "zero_bias_like"]
+           "row_blocks", "through_lines", "through_lines_blocked", "zero_bias_like"]

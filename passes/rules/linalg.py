@@ -6,7 +6,8 @@ product (5–10× slower than the same ``bmm`` with the vector laid out as a
 transposed row, measured on this project's benchmark shapes).  These helpers
 give the same results through the fast layouts, and stay plain ``matmul`` /
 ``sum`` ops (differentiable, traceable, exportable to ONNX).  While tracing for
-export they stay one ``einsum`` (one ONNX node instead of four).
+export they stay one ``einsum`` (one ONNX node instead of four).  :func:`row_blocks` splits a rule's
+rows into blocks so that its coefficient-sized temporaries exist for one block at a time.
 """
 
 from __future__ import annotations
@@ -39,4 +40,25 @@ def rowdot(A: Tensor, t: Tensor) -> Tensor:
     return (A * t).sum(2)
 
 
-__all__ = ["matvec", "rowdot", "vecmat"]
+#: Entries of one block of rows when a rule forms coefficient-sized temporaries block by block.
+_BLOCK_ENTRIES = 1 << 17
+
+
+def blocks_allowed() -> bool:
+    """Whether rules may work by :func:`row_blocks` now: not while a gradient is recorded (the blocks are
+    written into one buffer in place) nor while tracing for export (a graph of fixed blocks)."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing())
+
+
+def row_blocks(rows: int, per_row: int) -> list[slice] | None:
+    """Slices of ``rows`` rows of ``per_row`` entries each (over all samples) for a rule that forms
+    coefficient-sized temporaries: one block's temporaries hold about :data:`_BLOCK_ENTRIES` entries, so
+    the peak stays near the coefficients' own size.  ``None`` (all rows at once) for a small tensor, while
+    a gradient is recorded (blocks are written into one buffer in place) or while tracing for export."""
+    if not blocks_allowed() or rows * per_row <= 2 * _BLOCK_ENTRIES:
+        return None
+    step = max(1, _BLOCK_ENTRIES // max(1, per_row))
+    return [slice(s, s + step) for s in range(0, rows, step)]
+
+
+__all__ = ["blocks_allowed", "matvec", "row_blocks", "rowdot", "vecmat"]

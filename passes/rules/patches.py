@@ -35,7 +35,7 @@ from torch import Tensor
 from . import transpose
 from .backward import maybe_nonzero, through_lines
 from .interval import Interval
-from .linalg import rowdot
+from .linalg import blocks_allowed, row_blocks, rowdot
 from .ops import OpDef
 from .registry import deriver, rule
 from .relaxation import Mode, relax
@@ -85,8 +85,28 @@ def _dots(p: Patches, t: Tensor) -> tuple[Tensor, Tensor]:
     return lower, (p.ub[:, :0] if p.uA.shape[1] == 0 else rowdot(p.uA, t))
 
 
-def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
-    """Gather the window of every row from a map ``t`` (B', C, H, W) → (B', R, C, Kh, Kw); zero outside the map."""
+class _Windows(NamedTuple):
+    """Every window of a map, unfolded once (``cols`` (B'·L, C·Kh·Kw)), which one each row reads (``at``
+    (B, R)), the windows' ``kernel`` and the rows' ``(B, R)``.  (A gather from ``cols`` is an order of
+    magnitude faster on CPU than advanced indexing into a strided window view of the map.)"""
+
+    cols: Tensor
+    at: Tensor
+    kernel: tuple[int, int]
+    rows_shape: tuple[int, int]
+
+    def rows(self, block: slice = slice(None)) -> Tensor:
+        """The windows of the rows in ``block``, copied out: (B, rows, C, Kh, Kw)."""
+        if block == slice(None):  # (the rows' own sizes: one shared size node in an exported graph)
+            at, (B, R) = self.at, self.rows_shape
+        else:
+            at = self.at[:, block]
+            B, R = at.shape
+        return self.cols.index_select(0, at.flatten()).reshape(B, R, -1, *self.kernel)
+
+
+def windows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> _Windows:
+    """The windows of ``p``'s rows over a map ``t`` (B', C, H, W), zero outside the map (gathered per block)."""
     kh, kw = (int(k) for k in (kernel or p.lA.shape[-2:]))  # static sizes (also while tracing for export)
     (sh, sw), (ph, pw), (gh, gw) = p.stride, p.padding, p.grid
     H, W = int(t.shape[-2]), int(t.shape[-1])
@@ -95,11 +115,24 @@ def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) ->
     t = F.pad(t, (pw, right, ph, bottom))
     cols = F.unfold(t, (kh, kw), stride=(sh, sw)).transpose(1, 2)  # (B', L, C*kh*kw)
     Bt, L, E = cols.shape
-    B, R = p.pos.shape[:2]
+    B = p.pos.shape[0]
     at = p.pos[..., 0] * ((t.shape[-1] - kw) // sw + 1) + p.pos[..., 1]  # (B, R) window index
     if Bt > 1:
         at = at + L * torch.arange(B, device=at.device).unsqueeze(1)
-    return cols.reshape(Bt * L, E).index_select(0, at.flatten()).reshape(B, R, -1, kh, kw)
+    return _Windows(cols.reshape(Bt * L, E), at, (kh, kw), tuple(p.pos.shape[:2]))
+
+
+def window_rows(p: Patches, t: Tensor, kernel: tuple[int, int] | None = None) -> Tensor:
+    """Gather the window of every row from a map ``t`` (B', C, H, W) → (B, R, C, Kh, Kw); zero outside the map."""
+    return windows(p, t, kernel).rows()
+
+
+def _blocks(p: Patches) -> list[slice] | None:
+    """:func:`~.backward.row_blocks` of ``p``'s rows (``B`` samples, each row a window)."""
+    if not blocks_allowed():
+        return None
+    B, R = p.pos.shape[:2]
+    return row_blocks(R, B * max(1, p.lA[0, :1].numel()))
 
 
 def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -126,13 +159,30 @@ def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, sign: Tenso
 
 
 def concretize(p: Patches, x_lower: Tensor, x_upper: Tensor) -> Interval:
-    """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias``."""
-    centre = window_rows(p, (x_upper + x_lower) / 2)
-    radius = window_rows(p, (x_upper - x_lower) / 2)
-    lA_abs = p.lA.abs()
-    uA_abs = lA_abs if p.uA is p.lA else p.uA.abs()
-    (lc, uc), (lr, ur) = _dots(p, centre), _dots(p._replace(lA=lA_abs, uA=uA_abs), radius)
-    return Interval(lc - lr + p.lb, uc + ur + p.ub)
+    """Bounds (B, R) of the rows over the input box: ``A·centre ∓ |A|·radius + bias`` (by blocks of rows)."""
+    centre = windows(p, (x_upper + x_lower) / 2)
+    radius = windows(p, (x_upper - x_lower) / 2)
+
+    def bounds(q: Patches, block: slice) -> Interval:
+        lA_abs = q.lA.abs()
+        uA_abs = lA_abs if q.uA is q.lA else q.uA.abs()
+        (lc, uc), (lr, ur) = _dots(q, centre.rows(block)), _dots(q._replace(lA=lA_abs, uA=uA_abs), radius.rows(block))
+        return Interval(lc - lr + q.lb, uc + ur + q.ub)
+
+    blocks = _blocks(p)
+    if blocks is None:
+        return bounds(p, slice(None))
+    parts = [bounds(_rows(p, s), s) for s in blocks]
+    return Interval(torch.cat([b.lower for b in parts], 1), torch.cat([b.upper for b in parts], 1))
+
+
+def _rows(p: Patches, block: slice) -> Patches:
+    """The rows of ``p`` in ``block`` (an upper side with no rows stays empty)."""
+    def cut(t: Tensor) -> Tensor:
+        return t if t.shape[1] == 0 else t[:, block]
+
+    lA = p.lA[:, block]
+    return p._replace(lA=lA, uA=lA if p.uA is p.lA else cut(p.uA), lb=cut(p.lb), ub=cut(p.ub), pos=p.pos[:, block])
 
 
 def add_patches(a: Patches, b: Patches) -> Patches:
@@ -148,9 +198,17 @@ def add_patches(a: Patches, b: Patches) -> Patches:
         rest = [pad_top[d] + end[d] - k[d] - top[d] for d in range(2)]
         return F.pad(A, (top[1], rest[1], top[0], rest[0])) if any(top + rest) else A
 
-    la, ua = grow(a, ka, a.lA), grow(a, ka, a.uA)
-    lb_, ub_ = grow(b, kb, b.lA), grow(b, kb, b.uA)
-    return a._replace(lA=la + lb_, uA=ua + ub_, lb=a.lb + b.lb, ub=a.ub + b.ub, padding=tuple(pad_top))
+    def total(x: Tensor, y: Tensor) -> Tensor:
+        gx, gy = grow(a, ka, x), grow(b, kb, y)
+        if not torch.is_grad_enabled():  # a window just padded is a fresh buffer: sum into it
+            for fresh, other, orig in ((gy, gx, y), (gx, gy, x)):
+                if fresh is not orig and fresh.shape == torch.broadcast_shapes(fresh.shape, other.shape):
+                    return fresh.add_(other)
+        return gx + gy
+
+    lA = total(a.lA, b.lA)
+    uA = lA if a.uA is a.lA and b.uA is b.lA else total(a.uA, b.uA)
+    return a._replace(lA=lA, uA=uA, lb=a.lb + b.lb, ub=a.ub + b.ub, padding=tuple(pad_top))
 
 
 def zero_bias(p: Patches) -> Patches:
@@ -213,6 +271,11 @@ def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tupl
     return apply, (out_h, out_w)
 
 
+def _masked(A: Tensor, inside: Tensor) -> Tensor:
+    """``A * inside``, in ``A``'s own (fresh) buffer when no gradient is recorded."""
+    return A * inside if torch.is_grad_enabled() else A.mul_(inside)
+
+
 @rule("conv", DOMAIN)
 def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, dilation,
          groups) -> tuple:
@@ -224,8 +287,8 @@ def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, strid
     new_stride = (p.stride[0] * stride[0], p.stride[1] * stride[1])
     new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
     inside = _inside(p, kernel, new_stride, new_pad, tuple(in_shapes[0][-2:]))
-    lA = transpose(p.lA) * inside
-    uA = _upper(p, lambda A: transpose(A) * inside, lA)
+    lA = _masked(transpose(p.lA), inside)
+    uA = _upper(p, lambda A: _masked(transpose(A), inside), lA)
     return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
 
 
@@ -309,16 +372,34 @@ add.covers = sub.covers = _same_shapes
 
 
 def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, **attrs) -> Patches:
-    """Back through an activation: positive lower coefficients take the lower line, negative the upper line."""
+    """Back through an activation: positive lower coefficients take the lower line, negative the upper line.
+
+    The lines' windows are gathered and applied by blocks of rows (:func:`~.backward.row_blocks`) into one
+    output buffer per side, so the gathered windows never exist for all rows at once."""
     lines = relax(op, x.lower, x.upper, mode, **attrs)
-    lw, uw = window_rows(p, lines.lw), window_rows(p, lines.uw)
     # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips it
-    lb, ub = (window_rows(p, t) if maybe_nonzero(t) else None for t in (lines.lb, lines.ub))
-    lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
-    if p.uA.shape[1] == 0:  # a lower-only pass
-        return _with(p, lA, lA[:, :0], lbias, 0.0)
-    uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
-    return _with(p, lA, uA, lbias, ubias)
+    maps = [windows(p, t) if t is not None else None
+            for t in (lines.lw, lines.lb if maybe_nonzero(lines.lb) else None,
+                      lines.uw, lines.ub if maybe_nonzero(lines.ub) else None)]
+    lower_only = p.uA.shape[1] == 0
+    blocks = _blocks(p)
+    if blocks is None:
+        lw, lb, uw, ub = (None if w is None else w.rows() for w in maps)
+        lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
+        if lower_only:
+            return _with(p, lA, lA[:, :0], lbias, 0.0)
+        uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
+        return _with(p, lA, uA, lbias, ubias)
+    B, R = p.pos.shape[:2]
+    shape = (B, R) + tuple(p.lA.shape[2:3]) + tuple(p.lA.shape[-2:])
+    lA, lbias = p.lA.new_empty(shape), p.lb.new_empty(B, R)
+    uA, ubias = (lA[:, :0], p.ub) if lower_only else (p.uA.new_empty(shape), p.ub.new_empty(B, R))
+    for s in blocks:
+        lw, lb, uw, ub = (None if w is None else w.rows(s) for w in maps)
+        lbias[:, s] = through_lines(p.lA[:, s], lw, lb, uw, ub, out=lA[:, s])[1]
+        if not lower_only:
+            ubias[:, s] = through_lines(p.uA[:, s], uw, ub, lw, lb, out=uA[:, s])[1]
+    return _with(p, lA, uA, lbias, 0.0 if lower_only else ubias)
 
 
 def _activation(op: str):
@@ -337,6 +418,6 @@ def derive(d: OpDef):
     return _activation(d.name) if d.relaxation is not None and d.elementwise else None
 
 
-__all__ = ["Patches", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows",
+__all__ = ["Patches", "add_patches", "concretize", "relax_patches", "start_rows", "window_rows", "windows",
            "zero_bias"]
 

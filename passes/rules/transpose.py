@@ -21,6 +21,8 @@ from torch import Tensor
 
 from boundc.errors import BoundcError
 
+from .linalg import blocks_allowed, row_blocks
+
 
 def _fold(A: Tensor, keep: int) -> Tensor:
     """Merge all but the last ``keep`` dimensions of ``A`` into one."""
@@ -211,12 +213,25 @@ def fold_path(weight: Tensor, grad_output: Tensor, dilation: tuple, groups: int)
 def conv2d_input_fold(grad_output: Tensor, weight: Tensor, in_hw: tuple[int, int], stride: tuple[int, int],
                       padding: tuple[int, int]) -> Tensor:
     """The transpose of a 2-d convolution as ``Wᵀ · A`` per position (one GEMM) and ``fold`` (col2im, which
-    sums the overlapping windows): the same map as ``conv_transpose2d``."""
+    sums the overlapping windows): the same map as ``conv_transpose2d``.  By blocks of rows
+    (:func:`~.linalg.row_blocks`) when no gradient is recorded: the columns never exist for all rows."""
     N, Co = grad_output.shape[:2]
     if N == 0:
         return grad_output.new_zeros((0, weight.shape[1]) + tuple(in_hw))
-    cols = torch.bmm(weight.reshape(Co, -1).t().expand(N, -1, -1), grad_output.flatten(2))  # matmul would copy A
-    return F.fold(cols, in_hw, tuple(weight.shape[2:]), stride=stride, padding=padding)
+    wt = weight.reshape(Co, -1).t()
+
+    def transposed(A: Tensor) -> Tensor:
+        cols = torch.bmm(wt.expand(A.shape[0], -1, -1), A.flatten(2))  # matmul would copy A
+        return F.fold(cols, in_hw, tuple(weight.shape[2:]), stride=stride, padding=padding)
+
+    # the columns are the big temporary
+    blocks = row_blocks(N, wt.shape[1] * grad_output[0, 0].numel()) if blocks_allowed() else None
+    if blocks is None:
+        return transposed(grad_output)
+    out = grad_output.new_empty((N, weight.shape[1]) + tuple(in_hw))
+    for s in blocks:
+        out[s] = transposed(grad_output[s])
+    return out
 
 
 def flip_path(weight: Tensor, grad_output: Tensor, stride: tuple, padding: tuple, dilation: tuple,
