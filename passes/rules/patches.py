@@ -391,15 +391,15 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, 
         uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
         return _with(p, lA, uA, lbias, ubias)
     B, R = p.pos.shape[:2]
-    shape = (B, R) + tuple(p.lA.shape[2:3]) + tuple(p.lA.shape[-2:])
+    shape = (B, R) + tuple(p.lA.shape[2:])
     lA, lbias = p.lA.new_empty(shape), p.lb.new_empty(B, R)
-    uA, ubias = (lA[:, :0], p.ub) if lower_only else (p.uA.new_empty(shape), p.ub.new_empty(B, R))
+    uA, ubias = (lA[:, :0], 0.0) if lower_only else (p.uA.new_empty(shape), p.ub.new_empty(B, R))
     for s in blocks:
         lw, lb, uw, ub = (None if w is None else w.rows(s) for w in maps)
         lbias[:, s] = through_lines(p.lA[:, s], lw, lb, uw, ub, out=lA[:, s])[1]
         if not lower_only:
             ubias[:, s] = through_lines(p.uA[:, s], uw, ub, lw, lb, out=uA[:, s])[1]
-    return _with(p, lA, uA, lbias, 0.0 if lower_only else ubias)
+    return _with(p, lA, uA, lbias, ubias)
 
 
 def _activation(op: str):
