@@ -419,4 +419,4 @@ def max_pool2d(c: Coeffs, x: Interval, *, in_shapes, kernel_size, stride, paddin
 
 
 __all__ = ["Coeffs", "add_coeffs", "concretize", "map_coeffs", "maybe_nonzero", "nonzero_or_none", "relax_backward",
-           "row_blocks", "through_lines", "through_lines_blocked", "zero_bias_like"]
+           "through_lines", "through_lines_blocked", "zero_bias_like"]

@@ -53,8 +53,8 @@ def blocks_allowed() -> bool:
 def row_blocks(rows: int, per_row: int) -> list[slice] | None:
     """Slices of ``rows`` rows of ``per_row`` entries each (over all samples) for a rule that forms
     coefficient-sized temporaries: one block's temporaries hold about :data:`_BLOCK_ENTRIES` entries, so
-    the peak stays near the coefficients' own size.  ``None`` (all rows at once) for a small tensor, while
-    a gradient is recorded (blocks are written into one buffer in place) or while tracing for export."""
+    the peak stays near the coefficients' own size.  ``None`` (all rows at once) for a small tensor or
+    where :func:`blocks_allowed` says no."""
     if not blocks_allowed() or rows * per_row <= 2 * _BLOCK_ENTRIES:
         return None
     step = max(1, _BLOCK_ENTRIES // max(1, per_row))
