@@ -93,13 +93,15 @@ def test_small_chunks_change_nothing() -> None:
     assert torch.allclose(l1, l2, atol=1e-5) and torch.allclose(u1, u2, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["small", "resnet", "conv_zoo"])
+@pytest.mark.parametrize("name", ["small", "resnet", "conv_zoo", "conv_zoo-float64"])
 @pytest.mark.parametrize("upper", [True, False])
 def test_row_blocks_change_nothing(monkeypatch: pytest.MonkeyPatch, name: str, upper: bool) -> None:
     """Rules that work by blocks of rows (relaxations in patches and dense form, the input's windows, the
     GEMM + fold transpose of a one-channel convolution) give the bounds of one pass over all rows."""
+    name, _, dtype = name.partition("-")
     model, shape = _model(name)
-    x = torch.rand((3,) + shape)
+    model = model.to(getattr(torch, dtype or "float32"))
+    x = torch.rand((3,) + shape, dtype=getattr(torch, dtype or "float32"))
     whole = _bounds(model, x, 0.02, "crown", output_upper=upper)
     monkeypatch.setattr(linalg, "_BLOCK_ENTRIES", 40)  # blocks of a few rows, every tensor split
     blocked = _bounds(model, x, 0.02, "crown", output_upper=upper)

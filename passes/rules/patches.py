@@ -25,6 +25,7 @@ backward pass whose walk meets any other op runs in the dense form of :mod:`.bac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -132,7 +133,7 @@ def _blocks(p: Patches) -> list[slice] | None:
     if not blocks_allowed():
         return None
     B, R = p.pos.shape[:2]
-    return row_blocks(R, B * max(1, p.lA[0, :1].numel()))
+    return row_blocks(R, B * math.prod(p.lA.shape[2:]))
 
 
 def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
