@@ -335,7 +335,7 @@ class SpecBounds:
 
     @torch.no_grad()
     def refresh(self, bounds: dict[str, Interval], changed: Tensor | None = None, deadline: float = math.inf,
-                budget: int = 1 << 24) -> tuple[dict[str, Interval], Tensor]:
+                budget: int = 1 << 20) -> tuple[dict[str, Interval], Tensor]:
         """CROWN on the intermediate bounds of a batch of domains under their splits.  In topological order,
         the undecided neurons of every ReLU input after the first relaxation are re-bounded by a backward
         pass from that input with CROWN's slopes on the domains' own bounds (``bounds``, (N, *shape), already
@@ -791,13 +791,16 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
         low = _global(problem, queue)
         return BabResult(Verdict.UNKNOWN, None, count, low, f"no activation to branch on (optimised root bound: "
                                                              f"worst margin {low:.4g})")
+    def timeout(open_: Domains) -> BabResult:
+        low = _global(problem, open_)
+        return BabResult(Verdict.UNKNOWN, None, count, low, f"timeout with {len(open_)} open domains "
+                                                            f"(worst margin {low:.4g})")
+
     bar = tqdm(desc="branch and bound", unit="dom", disable=None if opts.progress else True, leave=False)
     try:
         while len(queue):
             if time.monotonic() > deadline:
-                low = _global(problem, queue)
-                return BabResult(Verdict.UNKNOWN, None, count, low,
-                                 f"timeout with {len(queue)} open domains (worst margin {low:.4g})")
+                return timeout(queue)
             if queue.nbytes() * 2 > budget:
                 return BabResult(Verdict.UNKNOWN, None, count, _global(problem, queue),
                                  f"{len(queue)} open domains exceed the memory budget")
@@ -824,6 +827,8 @@ def branch_and_bound(sb: SpecBounds, d: Tensor, rows: list[int], open_: Tensor, 
                 if not len(kids):
                     queue = queue.take(rest)
                     continue
+            if time.monotonic() > deadline:  # the children are not bounded yet: their parents stay open
+                return timeout(queue)
             steps = opts.refresh_iterations if refresh else opts.iterations
             kids, ktaps, _ = optimise(sb, kids, steps, opts, deadline, problem)
             kids, cex = settle(kids, ktaps)
