@@ -47,7 +47,7 @@ from boundc.codegen import Emitter
 from boundc.errors import BoundcError
 from boundc.ir import Graph
 from boundc.methods_linear import build_walk, emit_start, user_kinks
-from boundc.passes.graph.planning import ancestors
+from boundc.passes.graph.planning import BoundPlan, ancestors, plan_bounds
 from boundc.passes.graph.spec import attach_spec
 from boundc.passes.rules.backward import Coeffs
 from boundc.passes.rules.engine import Start, lower_rows_only, relaxation_kinks, start_rows, undecided
@@ -406,16 +406,22 @@ class SpecBounds:
     @functools.cached_property
     def _upstream(self) -> dict[str, Tensor]:
         """Per ReLU input :meth:`refresh` re-bounds, which of :attr:`relus` lie before it (a bool mask)."""
-        return {p: torch.tensor([r in set(ancestors(self.g, p)) for r in self.relus], device=self.device)
-                for p in self._refreshable}
+        before = {p: set(ancestors(self.g, p)) for p in self._refreshable}
+        return {p: torch.tensor([r in before[p] for r in self.relus], device=self.device) for p in self._refreshable}
+
+    @functools.cached_property
+    def _plans(self) -> dict[str, BoundPlan]:
+        """How the compiler plans each intermediate bound (:func:`plan_bounds`), by node."""
+        return {b.node: b for b in plan_bounds(self.g)}
 
     def _start_of(self, node: str) -> tuple[str, Callable[[Tensor], Coeffs]]:
         """Where a backward pass bounding neurons of ``node`` starts, and its start state ``(1, R, ...)`` for
-        the neurons ``idx`` (R,): the rows of the weight of a linear node (one product fewer than unit rows at
-        the node), else unit rows at the node (:func:`~boundc.passes.rules.engine.start_rows`)."""
-        n = self.g[node]
+        the neurons ``idx`` (R,): where the planner starts at a linear layer's input (one product fewer than
+        unit rows at the node) and its weight is stored, the rows of that weight, else unit rows at the node
+        (:func:`~boundc.passes.rules.engine.start_rows`)."""
+        n, plan = self.g[node], self._plans.get(node)
         consts = [self.g[i] for i in n.inputs[1:] if i is not None]
-        if n.op == "linear" and consts and all(c.op == "param" for c in consts):
+        if plan is not None and plan.start == "linear" and all(c.op == "param" for c in consts):
             weight = self.g.tensors[consts[0].attrs["target"]]
             bias = self.g.tensors[consts[1].attrs["target"]] if len(consts) > 1 else None
             return n.inputs[0], lambda idx: start_rows(self.x_lower, (), idx.unsqueeze(0), Start.LINEAR, weight, bias)
