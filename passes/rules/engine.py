@@ -140,9 +140,10 @@ def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, start: Star
     zero = torch.zeros(B, k, dtype=x_lower.dtype, device=x_lower.device)
     if start is Start.LINEAR:
         w, b = weight[idx], (zero if bias is None else bias[idx])
-        if sign is not None:
+        if sign is not None:  # (w is a fresh gather: flipped in place when no gradient is recorded)
             s = sign.to(w.dtype)
-            w, b = w * s.unsqueeze(2), b * s
+            w = w * s.unsqueeze(2) if torch.is_grad_enabled() else w.mul_(s.unsqueeze(2))
+            b = b * s
         return Coeffs(w, w, b, b)
     A = torch.zeros(B, k, math.prod(shape), dtype=x_lower.dtype, device=x_lower.device)
     A.scatter_(2, idx.unsqueeze(2), 1.0 if sign is None else sign.to(A.dtype).unsqueeze(2))

@@ -137,13 +137,17 @@ def _blocks(p: Patches) -> list[slice] | None:
 
 
 def _inside(p: Patches, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-            size: tuple[int, int]) -> Tensor:
-    """(B, R, 1, Kh, Kw) mask of the window entries that lie inside a map of spatial ``size``."""
+            size: tuple[int, int], dtype: torch.dtype) -> Tensor | None:
+    """(B, R, 1, Kh, Kw) mask (1 or 0, in ``dtype``) of the window entries that lie inside a map of spatial
+    ``size``; ``None`` when every row's window lies inside, which the shapes alone decide: rows sit at grid
+    positions ``0 .. grid - 1``, so the windows span ``-padding .. (grid - 1)·stride - padding + kernel``."""
+    if all(padding[d] <= 0 and (p.grid[d] - 1) * stride[d] - padding[d] + kernel[d] <= size[d] for d in range(2)):
+        return None
     masks = []
     for d in range(2):
         at = p.pos[..., d:d + 1] * stride[d] - padding[d] + torch.arange(kernel[d], device=p.pos.device)
-        masks.append((at >= 0) & (at < size[d]))
-    return (masks[0][..., :, None] & masks[1][..., None, :]).unsqueeze(2)
+        masks.append(((at >= 0) & (at < size[d])).to(dtype))  # a product of 0/1 floats: faster than bool ops
+    return (masks[0][..., :, None] * masks[1][..., None, :]).unsqueeze(2)
 
 
 def start_rows(x_lower: Tensor, shape: tuple[int, ...], idx: Tensor, sign: Tensor | None = None) -> Patches:
@@ -272,8 +276,10 @@ def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tupl
     return apply, (out_h, out_w)
 
 
-def _masked(A: Tensor, inside: Tensor) -> Tensor:
-    """``A * inside``, in ``A``'s own (fresh) buffer when no gradient is recorded."""
+def _masked(A: Tensor, inside: Tensor | None) -> Tensor:
+    """``A * inside``, in ``A``'s own (fresh) buffer when no gradient is recorded (``None``: ``A``)."""
+    if inside is None:
+        return A
     return A * inside if torch.is_grad_enabled() else A.mul_(inside)
 
 
@@ -287,7 +293,7 @@ def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, strid
                                           p.lA.shape[0] * p.lA.shape[1])
     new_stride = (p.stride[0] * stride[0], p.stride[1] * stride[1])
     new_pad = (p.padding[0] * stride[0] + padding[0], p.padding[1] * stride[1] + padding[1])
-    inside = _inside(p, kernel, new_stride, new_pad, tuple(in_shapes[0][-2:]))
+    inside = _inside(p, kernel, new_stride, new_pad, tuple(in_shapes[0][-2:]), p.lA.dtype)
     lA = _masked(transpose(p.lA), inside)
     uA = _upper(p, lambda A: _masked(transpose(A), inside), lA)
     return (_with(p, lA, uA, lb, ub, stride=new_stride, padding=new_pad), None, None)
