@@ -22,6 +22,7 @@ from boundc.interpreter import Emitting
 from boundc.ir import Graph, Node
 from boundc.options import CompileOptions
 from boundc.passes.graph.analysis import check_rules
+from boundc.passes.graph.consume import mark_consumers
 from boundc.passes.graph.fuse import fuse_relu_affine
 from boundc.passes.rules.interval import Interval
 
@@ -110,6 +111,7 @@ class Emitter:
             if not ph.users and ph.name not in ("x_lower", "x_upper"):
                 self.fx.erase_node(ph)
         self.fx.eliminate_dead_code()
+        mark_consumers(self.fx)  # activations of a backward walk may overwrite states no one else reads
         self.fx.lint()
         gm = fx.GraphModule(dict(self._targets), self.fx, class_name="BoundNetwork")
         if self.g.module is not None and any(t.startswith("model.") for t in self._targets):

@@ -29,7 +29,7 @@ from boundc.passes.rules import engine, patches
 from boundc.passes.rules import forward_linear as fw  # noqa: F401
 from boundc.passes.rules.engine import relaxation_kinks
 from boundc.passes.rules.ops import OPS
-from boundc.passes.rules.registry import get_rule
+from boundc.passes.rules.registry import forwards_state, get_rule
 
 DOMAIN = "backward"
 
@@ -51,6 +51,7 @@ DENSE = WalkForm("backward", bw.concretize, bw.add_coeffs)
 PATCHES = WalkForm("patches", patches.concretize, patches.add_patches)
 
 
+@forwards_state
 def add_split_terms(res: tuple, beta: Tensor | None) -> tuple:
     """Add the Lagrangian terms of split constraints (β-CROWN) to the lower coefficients of an
     activation's input: ``beta`` (B, S, *shape) is ``β·σ`` with ``β >= 0`` and ``σ = -1`` on a neuron

@@ -37,7 +37,7 @@ from . import transpose
 from .interval import Interval
 from .linalg import blocks_allowed, matvec, row_blocks, rowdot
 from .ops import OpDef, opdef
-from .registry import deriver, rule
+from .registry import consumes_state, deriver, owns_result, rule
 from .relaxation import Mode
 
 DOMAIN = "backward"
@@ -83,6 +83,7 @@ def zero_bias_like(c: Coeffs) -> Coeffs:
     return Coeffs(c.lA, c.uA, torch.zeros_like(c.lb), torch.zeros_like(c.ub))
 
 
+@owns_result
 def add_coeffs(a: Coeffs, b: Coeffs) -> Coeffs:
     """Sum of the contributions of two users of one node (one sum while both keep one tensor per side)."""
     lA = a.lA + b.lA
@@ -130,6 +131,7 @@ def identity(c: Coeffs, x, *, in_shapes) -> tuple:
 
 
 @rule("linear", DOMAIN)
+@owns_result
 def linear(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes) -> tuple:
     """``A·W``; the bias moves into the bias term."""
     lb = 0.0 if bias is None else _dot(c.lA, bias)
@@ -141,6 +143,7 @@ _CONV_INPUT = {nd: transpose.conv_input(nd) for nd in (1, 2, 3)}
 
 
 @rule("conv", DOMAIN)
+@owns_result
 def conv(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, dilation,
          groups) -> tuple:
     """Transposed convolution (autograd's input gradient of the conv); the bias moves into the bias term."""
@@ -322,23 +325,32 @@ def _cut(t: Tensor | None, block: slice) -> Tensor | None:
 
 
 def through_lines_blocked(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_neg: Tensor,
-                          bias_neg: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:func:`through_lines` by :func:`row_blocks` into one output buffer (the same values)."""
+                          bias_neg: Tensor | None, in_place: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`through_lines` by :func:`row_blocks` into one output buffer (the same values); ``in_place``:
+    that buffer is ``A``'s own (see :func:`consumable`)."""
     if not blocks_allowed():
-        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg)
+        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg, in_place=in_place)
     shape = torch.broadcast_shapes(A.shape, slope_pos.shape, slope_neg.shape)
     blocks = row_blocks(A.shape[1], math.prod(shape) // max(1, A.shape[1]))
     if blocks is None or shape[1] != A.shape[1]:
-        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg)
-    out, bias = A.new_empty(shape), A.new_empty(shape[:2])
+        return through_lines(A, slope_pos, bias_pos, slope_neg, bias_neg, in_place=in_place)
+    out, bias = (A if in_place else A.new_empty(shape)), A.new_empty(shape[:2])
     for s in blocks:
         bias[:, s] = through_lines(A[:, s], _cut(slope_pos, s), _cut(bias_pos, s), _cut(slope_neg, s),
-                                   _cut(bias_neg, s), out=out[:, s])[1]
+                                   _cut(bias_neg, s), out=None if in_place else out[:, s], in_place=in_place)[1]
     return out, bias
 
 
+def consumable(A: Tensor, shape: tuple[int, ...] | torch.Size) -> bool:
+    """Whether a rule told it may consume its coefficient state (``consume=True``: the generated walk holds
+    ``A`` nowhere else, :mod:`boundc.passes.graph.consume`) can form its result in ``A``'s own buffer: no
+    gradient is recorded, and ``A`` is a dense buffer of the result's ``shape``."""
+    return (not torch.is_grad_enabled() and not A.requires_grad and A.is_contiguous()
+            and tuple(A.shape) == tuple(shape))
+
+
 def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_neg: Tensor,
-                  bias_neg: Tensor | None, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  bias_neg: Tensor | None, out: Tensor | None = None, in_place: bool = False) -> tuple[Tensor, Tensor]:
     """Coefficients through one line per sign: ``A⁺·slope_pos + A⁻·slope_neg`` and the bias
     ``Σ A⁺·bias_pos + A⁻·bias_neg`` (B, S).  ``A`` is (B or 1, S, ...), the lines broadcast against it;
     a bias of ``None`` is zero (a ReLU's lower line, a stable layer) and skips its product.
@@ -347,47 +359,62 @@ def through_lines(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None, slope_n
     where-masks are materialised: the pass costs a few sweeps over ``A``.  When no gradient is
     recorded the products are formed in place in the buffer of ``A⁺`` (fewer and smaller
     allocations: on CPU each fresh buffer of this size is page-faulted in anew).  ``out`` (no gradient
-    recorded only): the buffer (of the broadcast shape) to form the coefficients in instead of a fresh one.
+    recorded only): the buffer (of the broadcast shape) to form the coefficients in instead of a fresh one;
+    ``in_place``: that buffer is ``A`` itself (its caller owns ``A`` and has checked :func:`consumable`).
     """
-    P = A.clamp(min=0) if out is None else torch.clamp(A.expand_as(out), min=0, out=out)
-    N = A - P
+    if in_place:
+        N = A.clamp(max=0)  # (before A's buffer becomes A⁺)
+        P = A.clamp_(min=0)
+    else:
+        P = A.clamp(min=0) if out is None else torch.clamp(A.expand_as(out), min=0, out=out)
+        N = A - P
     terms = [rowdot(M, b) for M, b in ((P, bias_pos), (N, bias_neg)) if b is not None]
     bias = sum(terms[1:], terms[0]) if terms else A.new_zeros(max(A.shape[0], slope_pos.shape[0]), A.shape[1])
     recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (A, slope_pos, slope_neg))
-    if out is None and (recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape):
+    if not in_place and out is None and (
+            recorded or torch.broadcast_shapes(P.shape, slope_pos.shape, slope_neg.shape) != P.shape):
         return torch.addcmul(P * slope_pos, N, slope_neg), bias
     return P.mul_(slope_pos).addcmul_(N, slope_neg), bias
 
 
 def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, alpha: tuple | None = None,
-                   **attrs) -> Coeffs:
+                   consume: bool = False, **attrs) -> Coeffs:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line.
 
     ``alpha = (for the lower pass, for the upper pass)``, each ``(k, B, S, *shape)`` or ``None``
-    (see :class:`~.relaxation.AlphaSpec`); without it the lines are ``mode``'s default.
+    (see :class:`~.relaxation.AlphaSpec`); without it the lines are ``mode``'s default.  ``consume``: the
+    walk holds ``c``'s coefficients nowhere else, so they may be overwritten (where :func:`consumable`).
     """
     lines = opdef(op).relaxation.lines
     l, u = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
     nd = c.lA.dim()
     low = lines(l, u, mode, None if alpha is None else _alpha_k(alpha[0], nd), **attrs)
-    lA, lb = through_lines_blocked(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub))
-    if c.uA.shape[1] == 0:  # no upper rows (lower bounds only): no upper lines, only the output's shapes
+    lower_only = c.uA.shape[1] == 0
+    own = consume and (lower_only or c.uA is not c.lA)  # one tensor on both sides is read twice
+
+    def in_place(A: Tensor, line) -> bool:
+        return own and consumable(A, torch.broadcast_shapes(A.shape, line.lw.shape, line.uw.shape))
+
+    lA, lb = through_lines_blocked(c.lA, low.lw, nonzero_or_none(low.lb), low.uw, nonzero_or_none(low.ub),
+                                   in_place=in_place(c.lA, low))
+    if lower_only:  # no upper rows (lower bounds only): no upper lines, only the output's shapes
         uA, ub = through_lines(c.uA, l, None, l, None)
     else:
         up = low if alpha is None else lines(l, u, mode, _alpha_k(alpha[1], nd), **attrs)
-        uA, ub = through_lines_blocked(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb))
+        uA, ub = through_lines_blocked(c.uA, up.uw, nonzero_or_none(up.ub), up.lw, nonzero_or_none(up.lb),
+                                       in_place=in_place(c.uA, up))
     lb, ub = c.lb + lb, c.ub + ub
     return Coeffs(lA, uA, lb, ub)
 
 
 def _activation(op: str) -> Callable[..., tuple]:
     def backward(c: Coeffs, x: Interval, *, in_shapes, mode: str = Mode.CROWN, alpha: tuple | None = None,
-                 **attrs) -> tuple:
-        return (relax_backward(c, x, op=op, mode=mode, alpha=alpha, **attrs),)
+                 consume: bool = False, **attrs) -> tuple:
+        return (relax_backward(c, x, op=op, mode=mode, alpha=alpha, consume=consume, **attrs),)
 
     backward.__name__ = backward.__qualname__ = f"{op}_backward"
     backward.__doc__ = f"Back through ``{op}`` with its relaxation lines from the pre-activation bounds."
-    return backward
+    return owns_result(consumes_state(backward))
 
 
 @deriver(DOMAIN)

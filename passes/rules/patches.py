@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import transpose
-from .backward import maybe_nonzero, through_lines
+from .backward import consumable, maybe_nonzero, through_lines
 from .interval import Interval
 from .linalg import blocks_allowed, row_blocks, rowdot
 from .ops import OpDef
-from .registry import deriver, rule
+from .registry import consumes_state, deriver, owns_result, rule
 from .relaxation import Mode, relax
 
 DOMAIN = "patches"
@@ -190,13 +190,17 @@ def _rows(p: Patches, block: slice) -> Patches:
     return p._replace(lA=lA, uA=lA if p.uA is p.lA else cut(p.uA), lb=cut(p.lb), ub=cut(p.ub), pos=p.pos[:, block])
 
 
-def add_patches(a: Patches, b: Patches) -> Patches:
-    """Sum of two users' contributions; windows of different extent are padded to their union."""
+@owns_result
+@consumes_state
+def add_patches(a: Patches, b: Patches, consume: bool = False) -> Patches:
+    """Sum of two users' contributions; windows of different extent are padded to their union.  ``consume``:
+    the walk holds ``a``'s coefficients nowhere else, so the sum may be formed in them."""
     if a.stride != b.stride:
         raise ValueError(f"patches with strides {a.stride} and {b.stride} cannot be summed")
     ka, kb = (tuple(int(k) for k in p.lA.shape[-2:]) for p in (a, b))
     pad_top = [max(a.padding[d], b.padding[d]) for d in range(2)]
     end = [max(ka[d] - a.padding[d], kb[d] - b.padding[d]) for d in range(2)]
+    own = consume and a.uA is not a.lA  # (one tensor on both sides is read twice)
 
     def grow(p: Patches, k: tuple[int, int], A: Tensor) -> Tensor:
         top = [pad_top[d] - p.padding[d] for d in range(2)]
@@ -205,10 +209,13 @@ def add_patches(a: Patches, b: Patches) -> Patches:
 
     def total(x: Tensor, y: Tensor) -> Tensor:
         gx, gy = grow(a, ka, x), grow(b, kb, y)
-        if not torch.is_grad_enabled():  # a window just padded is a fresh buffer: sum into it
+        shape = torch.broadcast_shapes(gx.shape, gy.shape)
+        if not torch.is_grad_enabled():  # a window just padded is a fresh buffer, as is an owned one: sum into it
             for fresh, other, orig in ((gy, gx, y), (gx, gy, x)):
-                if fresh is not orig and fresh.shape == torch.broadcast_shapes(fresh.shape, other.shape):
+                if fresh is not orig and fresh.shape == shape:
                     return fresh.add_(other)
+            if own and gx is x and consumable(x, shape):
+                return x.add_(gy)
         return gx + gy
 
     lA = total(a.lA, b.lA)
@@ -284,6 +291,7 @@ def _masked(A: Tensor, inside: Tensor | None) -> Tensor:
 
 
 @rule("conv", DOMAIN)
+@owns_result
 def conv(p: Patches, x, weight: Tensor, bias: Tensor | None, *, in_shapes, stride, padding, dilation,
          groups) -> tuple:
     """Compose every window with the kernel; the bias moves into the bias term."""
@@ -304,6 +312,7 @@ conv.covers = lambda g, n: (n.inputs[1] is not None and not g[n.inputs[1]].pertu
 
 
 @rule("avg_pool2d", DOMAIN)
+@owns_result
 def avg_pool2d(p: Patches, x, *, in_shapes, kernel_size, stride, padding, ceil_mode, count_include_pad,
                divisor_override) -> tuple:
     """Average pooling as a depthwise convolution with a constant kernel (only the exact cases reach here)."""
@@ -378,45 +387,52 @@ def _same_shapes(g, n) -> bool:
 add.covers = sub.covers = _same_shapes
 
 
-def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, **attrs) -> Patches:
+def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, consume: bool = False,
+                  **attrs) -> Patches:
     """Back through an activation: positive lower coefficients take the lower line, negative the upper line.
 
     The lines' windows are gathered and applied by blocks of rows (:func:`~.backward.row_blocks`) into one
-    output buffer per side, so the gathered windows never exist for all rows at once."""
+    output buffer per side, so the gathered windows never exist for all rows at once.  ``consume``: the walk
+    holds ``p``'s coefficients nowhere else; that buffer is then theirs (where :func:`~.backward.consumable`)."""
     lines = relax(op, x.lower, x.upper, mode, **attrs)
     # an all-zero bias line (a ReLU's lower line) is not gathered: through_lines skips it
     maps = [windows(p, t) if t is not None else None
             for t in (lines.lw, lines.lb if maybe_nonzero(lines.lb) else None,
                       lines.uw, lines.ub if maybe_nonzero(lines.ub) else None)]
     lower_only = p.uA.shape[1] == 0
+    B, R = p.pos.shape[:2]
+    shape = (B, R) + tuple(p.lA.shape[2:])
+    own = consume and (lower_only or p.uA is not p.lA)  # one tensor on both sides is read twice
+    l_own = own and consumable(p.lA, shape)
+    u_own = own and not lower_only and consumable(p.uA, shape)
     blocks = _blocks(p)
     if blocks is None:
         lw, lb, uw, ub = (None if w is None else w.rows() for w in maps)
-        lA, lbias = through_lines(p.lA, lw, lb, uw, ub)
+        lA, lbias = through_lines(p.lA, lw, lb, uw, ub, in_place=l_own)
         if lower_only:
             return _with(p, lA, lA[:, :0], lbias, 0.0)
-        uA, ubias = through_lines(p.uA, uw, ub, lw, lb)
+        uA, ubias = through_lines(p.uA, uw, ub, lw, lb, in_place=u_own)
         return _with(p, lA, uA, lbias, ubias)
-    B, R = p.pos.shape[:2]
-    shape = (B, R) + tuple(p.lA.shape[2:])
-    lA, lbias = p.lA.new_empty(shape), p.lb.new_empty(B, R)
-    uA, ubias = (lA[:, :0], 0.0) if lower_only else (p.uA.new_empty(shape), p.ub.new_empty(B, R))
+    lA, lbias = (p.lA if l_own else p.lA.new_empty(shape)), p.lb.new_empty(B, R)
+    uA, ubias = (lA[:, :0], 0.0) if lower_only else ((p.uA if u_own else p.uA.new_empty(shape)), p.ub.new_empty(B, R))
     for s in blocks:
         lw, lb, uw, ub = (None if w is None else w.rows(s) for w in maps)
-        lbias[:, s] = through_lines(p.lA[:, s], lw, lb, uw, ub, out=lA[:, s])[1]
+        lbias[:, s] = through_lines(p.lA[:, s], lw, lb, uw, ub, out=None if l_own else lA[:, s], in_place=l_own)[1]
         if not lower_only:
-            ubias[:, s] = through_lines(p.uA[:, s], uw, ub, lw, lb, out=uA[:, s])[1]
+            ubias[:, s] = through_lines(p.uA[:, s], uw, ub, lw, lb, out=None if u_own else uA[:, s],
+                                        in_place=u_own)[1]
     return _with(p, lA, uA, lbias, ubias)
 
 
 def _activation(op: str):
 
-    def patches(p: Patches, x: Interval, *, in_shapes, mode: Mode = Mode.CROWN, **attrs) -> tuple:
-        return (relax_patches(p, x, op=op, mode=mode, **attrs),)
+    def patches(p: Patches, x: Interval, *, in_shapes, mode: Mode = Mode.CROWN, consume: bool = False,
+                **attrs) -> tuple:
+        return (relax_patches(p, x, op=op, mode=mode, consume=consume, **attrs),)
 
     patches.__name__ = patches.__qualname__ = f"{op}_patches"
     patches.__doc__ = f"Back through ``{op}`` window by window, with its relaxation lines."
-    return patches
+    return owns_result(consumes_state(patches))
 
 
 @deriver(DOMAIN)

@@ -42,6 +42,28 @@ def rule(ops: str | tuple[str, ...], domain: str) -> Callable[[F], F]:
     return register
 
 
+def owns_result(fn: F) -> F:
+    """Mark a reverse-domain rule (or a sum of contributions) whose result holds coefficient tensors that no
+    other value of the walk holds: freshly allocated, or taken over from a state it was allowed to consume.
+    What :mod:`boundc.passes.graph.consume` builds its proof of ownership from."""
+    fn.owns_result = True
+    return fn
+
+
+def consumes_state(fn: F) -> F:
+    """Mark a reverse-domain rule that takes ``consume=True``: it may then form its result in the buffers of
+    the state it is given, which the walk then holds nowhere else."""
+    fn.consumes_state = True
+    return fn
+
+
+def forwards_state(fn: F) -> F:
+    """Mark a hook over a rule's result that keeps that result's coefficient tensors or replaces them with
+    fresh ones (its result is owned when its input is, :mod:`boundc.passes.graph.consume`)."""
+    fn.forwards_state = True
+    return fn
+
+
 def deriver(domain: str) -> Callable[[Callable[[OpDef], Callable | None]], Callable[[OpDef], Callable | None]]:
     """Register the decorated ``make(opdef) -> rule or None`` as the way ``domain`` derives rules."""
 

@@ -1,0 +1,60 @@
+"""Which rule calls of a generated backward walk may consume their coefficient state (an fx pass).
+
+An activation's reverse rule forms its result in a fresh buffer the size of its input state; told
+``consume=True`` it forms it in the input's own buffer instead, so a pass holds one coefficient tensor
+fewer at its peak.  That is sound only where nothing reads the input state afterwards and no other value
+shares its tensors, which the fx graph shows (:func:`owned`): the call is the state's only user, and the
+state is one element of a rule's result that is read once, where that rule is marked
+:func:`~boundc.passes.rules.registry.owns_result` (fresh tensors, or tensors it took over from a state it
+consumed), or passed through hooks marked :func:`~boundc.passes.rules.registry.forwards_state`, each read
+once.  A placeholder (the start rows its caller passes in and may hold) is never consumed, nor is a state
+that is also tapped or summed with another.  The rule itself still checks at run time that no gradient
+is recorded and that the buffer is a dense one of its result's shape
+(:func:`~boundc.passes.rules.backward.consumable`).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch.fx as fx
+
+
+def _owns(result: fx.Node) -> bool:
+    """Whether the value of ``result`` (a rule's result, or a sum) holds tensors no other value holds."""
+    while result.op == "call_function":
+        if getattr(result.target, "owns_result", False):
+            return True
+        inner = result.args[0] if result.args else None
+        if not (getattr(result.target, "forwards_state", False) and isinstance(inner, fx.Node)
+                and len(inner.users) == 1):
+            return False
+        result = inner
+    return False
+
+
+def owned(state: fx.Node) -> bool:
+    """Whether the coefficient state ``state`` holds tensors that no other value of the graph holds."""
+    if state.op != "call_function":
+        return False
+    if state.target is operator.getitem:
+        result = state.args[0]
+        return isinstance(result, fx.Node) and len(result.users) == 1 and _owns(result)
+    return _owns(state)  # a sum of contributions is the state itself
+
+
+def mark_consumers(graph: fx.Graph) -> int:
+    """Add ``consume=True`` to every call of a :func:`~boundc.passes.rules.registry.consumes_state` rule
+    whose state it alone reads and :func:`owned` holds; returns how many calls were marked."""
+    marked = 0
+    for node in graph.nodes:
+        if node.op != "call_function" or not getattr(node.target, "consumes_state", False) or not node.args:
+            continue
+        state = node.args[0]
+        if isinstance(state, fx.Node) and len(state.users) == 1 and owned(state):
+            node.kwargs = {**node.kwargs, "consume": True}
+            marked += 1
+    return marked
+
+
+__all__ = ["mark_consumers", "owned"]
