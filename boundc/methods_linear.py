@@ -122,7 +122,7 @@ def _walk_bounds_needed(g: Graph, root: str) -> list[str]:
 
 
 def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: WalkForm = DENSE,
-               splits: tuple[str, ...] = (), taps: tuple[str, ...] = ()
+               splits: tuple[str, ...] = (), taps: tuple[str, ...] = (), owned_start: bool = False
                ) -> tuple[fx.GraphModule, tuple[str, ...], dict[str, str], dict[str, str]]:
     """A generated module running one backward pass from ``root``.
 
@@ -131,10 +131,13 @@ def build_walk(g: Graph, root: str, mode: str, with_alpha: bool = False, form: W
     multipliers (placeholder -> the activation node).  ``splits``: activations that
     take a ``beta_<node>`` placeholder (:func:`add_split_terms`, for branch and bound);
     ``taps``: nodes whose lower coefficients the module also returns, in this order,
-    after ``lower`` and ``upper``.
+    after ``lower`` and ``upper``; ``owned_start``: the ``start`` placeholder takes the start rows handed
+    over in a one-element list (:func:`~boundc.passes.rules.engine.take_start`), so the walk may overwrite them.
     """
     sub = Emitter(g)
     start = sub.fx.placeholder("start", default_value=None)
+    if owned_start:
+        start = sub.call(engine.take_start, (start,), name="start_rows")
     bph, bmap = {}, {}
     for name in _walk_bounds_needed(g, root):
         p = sub.fx.placeholder("b_" + _ident(name), default_value=None)
@@ -231,7 +234,7 @@ def _emit_bound_pass(em: Emitter, options: CompileOptions, mode: str, p, interva
     form = DENSE
     if start is engine.Start.IDENTITY and options.linear.patches and patches_walk_ok(g, p.root):
         start, form = engine.Start.PATCHES, PATCHES
-    walk, names, bmap, _ = build_walk(g, p.root, mode, form=form)
+    walk, names, bmap, _ = build_walk(g, p.root, mode, form=form, owned_start=True)  # (engine._run_rows)
     wnode = _module(em, "walk_" + _ident(p.node), walk)
     widest = max(math.prod(g[a].shape[1:]) for a in ancestors(g, p.root))
     kw = dict(shape=_shape(g, p.node), start=start, interval=interval, kinks=user_kinks(g, p.node),

@@ -14,15 +14,16 @@ import pytest
 import torch
 import torch.fx as fx
 from boundc.passes.graph import consume
-from boundc.passes.rules import linalg, patches
+from boundc.passes.rules import engine, linalg, patches
 from boundc.passes.rules.interval import Interval
 from boundc.passes.rules.registry import forwards_state, owns_result
+from test_engine import _model
 from torch import nn
 
 import boundc
 from boundc import codegen
+from boundc.errors import BoundcInternalError
 from boundc.options import CompileOptions, LinearOptions
-from test_engine import _model
 
 
 def _marks(bm: nn.Module) -> int:
@@ -156,3 +157,45 @@ def test_a_recorded_state_is_never_overwritten() -> None:
     out = patches.relax_patches(p, b, op="relu", consume=True)
     out.lA.sum().backward()
     assert torch.equal(p.lA.detach(), before) and out.lA.data_ptr() != p.lA.data_ptr()
+
+
+def _sum(a, b, consume=False):
+    return a
+
+
+_sum.consumes_state = True
+_sum.commutes = True
+
+
+def test_a_sum_consumes_whichever_state_is_owned() -> None:
+    """Of a sum's two states only the second is owned: they are swapped, and the sum consumes it."""
+    g = fx.Graph()
+    start = g.placeholder("start")
+    owned_state = g.call_function(operator.getitem, (g.call_function(_fresh, (start,)), 0))
+    total = g.call_function(_sum, (start, owned_state))
+    g.output(total)
+    assert consume.mark_consumers(g) == 1
+    assert total.args == (owned_state, start) and total.kwargs["consume"] is True
+
+
+def test_start_rows_are_owned_only_out_of_a_box() -> None:
+    rows = engine.start_rows(torch.zeros(2, 4), (4,), torch.tensor([[0, 1], [2, 3]]), engine.Start.IDENTITY, None, None)
+    box = [rows]
+    assert engine.take_start(box) is rows and box == []
+    with pytest.raises(BoundcInternalError, match="one-element list"):
+        engine.take_start(rows)
+
+
+def test_a_sum_into_an_owned_window_spanning_both() -> None:
+    """The other contribution's narrower windows are added into their place inside the owned ones."""
+    torch.manual_seed(2)
+    p, _ = _patches_state(False)
+    wide, narrow = torch.randn(2, 5, 3, 5, 5), torch.randn(1, 5, 3, 3, 3)
+    wide = p._replace(lA=wide, uA=wide[:, :0], padding=(2, 2))
+    narrow = p._replace(lA=narrow, uA=narrow[:, :0], padding=(1, 1), lb=torch.randn(2, 5))
+    copy = wide.lA.clone()
+    want = patches.add_patches(wide._replace(lA=copy, uA=copy[:, :0]), narrow)
+    with torch.no_grad():
+        got = patches.add_patches(wide, narrow, consume=True)
+    assert got.lA.data_ptr() == wide.lA.data_ptr() and got.padding == want.padding == (2, 2)
+    assert torch.equal(got.lA, want.lA) and torch.equal(got.lb, want.lb)

@@ -37,7 +37,7 @@ from . import transpose
 from .interval import Interval
 from .linalg import blocks_allowed, matvec, row_blocks, rowdot
 from .ops import OpDef, opdef
-from .registry import consumes_state, deriver, owns_result, rule
+from .registry import consumes_state, deriver, forwards_state, owns_result, rule
 from .relaxation import Mode
 
 DOMAIN = "backward"
@@ -84,11 +84,21 @@ def zero_bias_like(c: Coeffs) -> Coeffs:
 
 
 @owns_result
-def add_coeffs(a: Coeffs, b: Coeffs) -> Coeffs:
-    """Sum of the contributions of two users of one node (one sum while both keep one tensor per side)."""
-    lA = a.lA + b.lA
-    uA = lA if a.uA is a.lA and b.uA is b.lA else a.uA + b.uA
+@consumes_state
+def add_coeffs(a: Coeffs, b: Coeffs, consume: bool = False) -> Coeffs:
+    """Sum of the contributions of two users of one node (one sum while both keep one tensor per side).
+    ``consume``: the walk holds ``a``'s coefficients nowhere else, so the sum may be formed in them."""
+    own = consume and a.uA is not a.lA  # (one tensor on both sides is read twice)
+
+    def total(x: Tensor, y: Tensor) -> Tensor:
+        return x.add_(y) if own and consumable(x, torch.broadcast_shapes(x.shape, y.shape)) else x + y
+
+    lA = total(a.lA, b.lA)
+    uA = lA if a.uA is a.lA and b.uA is b.lA else total(a.uA, b.uA)
     return Coeffs(lA, uA, a.lb + b.lb, a.ub + b.ub)
+
+
+add_coeffs.commutes = True
 
 
 def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float = 0.0,
@@ -125,6 +135,7 @@ def concretize(c: Coeffs, x_lower: Tensor, x_upper: Tensor) -> Interval:
 # -- affine rules --------------------------------------------------------------------
 
 @rule("identity", DOMAIN)
+@forwards_state
 def identity(c: Coeffs, x, *, in_shapes) -> tuple:
     """Unchanged."""
     return (c,)
@@ -179,6 +190,7 @@ def conv_transpose(c: Coeffs, x, weight: Tensor, bias: Tensor | None, *, in_shap
 
 
 @rule("scale_shift", DOMAIN)
+@forwards_state
 def scale_shift(c: Coeffs, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
     """``A * scale`` (summed over broadcast dims); ``A·shift`` into the bias."""
     nd = c.lA.dim() - 1
@@ -245,7 +257,7 @@ def _structural(name: str, transpose: Callable[[Tensor, tuple, dict], Tensor]) -
 
     backward.__name__ = backward.__qualname__ = name
     backward.__doc__ = f"Transpose of ``{name}`` (:mod:`.transpose`)."
-    return backward
+    return forwards_state(backward)  # (a view of its state, or a fresh tensor)
 
 
 for _op, _t in (("reshape", lambda A, in_shape, attrs: transpose.reshape_t(A, in_shape)),

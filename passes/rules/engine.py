@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from boundc.errors import DeadlineExceeded
+from boundc.errors import BoundcInternalError, DeadlineExceeded
 
 from . import patches
 from .backward import Coeffs
 from .interval import Interval
 from .ops import opdef
+from .registry import owns_result
 
 # -- deadlines -----------------------------------------------------------------------------
 
@@ -86,6 +87,17 @@ def unbounded_above(lower: Tensor) -> Tensor:
 
 
 # -- drivers: run a generated backward walk over chunks / with optimised slopes -----------
+
+@owns_result
+def take_start(box: list) -> Coeffs | patches.Patches:
+    """The start rows a caller hands over to a walk built with ``owned_start`` (:func:`_run_rows`): the only
+    element of the list ``box``, taken out of it, so the walk holds the only reference to them and may form
+    its first results in their buffers (:mod:`boundc.passes.graph.consume`)."""
+    if not isinstance(box, list) or len(box) != 1:
+        raise BoundcInternalError("a walk that owns its start takes it as a one-element list, "
+                                  f"got {type(box).__name__}")
+    return box.pop()
+
 
 def _call_walk(walk: Callable, names: tuple[str, ...], args: dict, **extra) -> Interval:
     """Call a generated walk module with its placeholders filled by name."""
@@ -178,7 +190,9 @@ def _run_rows(walk: Callable, names: tuple[str, ...], args: dict, rows: _Rows, c
         check_deadline()
         idx = rows.order[:, s:s + chunk]
         st = start_of(idx, None if sign is None else sign.gather(1, idx))
-        out = _call_walk(walk, names, args, start=st if sign is None else lower_rows_only(st))
+        box = [st if sign is None else lower_rows_only(st)]
+        del st  # the walk takes the rows out of the box: it then holds the only reference (take_start)
+        out = _call_walk(walk, names, args, start=box)
         lows.append(out.lower.expand(B, -1))
         ups.append(out.upper.expand(B, -1))
     return Interval(torch.cat(lows, 1), torch.cat(ups, 1))

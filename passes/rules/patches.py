@@ -38,7 +38,7 @@ from .backward import consumable, maybe_nonzero, through_lines
 from .interval import Interval
 from .linalg import blocks_allowed, row_blocks, rowdot
 from .ops import OpDef
-from .registry import consumes_state, deriver, owns_result, rule
+from .registry import consumes_state, deriver, forwards_state, owns_result, rule
 from .relaxation import Mode, relax
 
 DOMAIN = "patches"
@@ -208,19 +208,26 @@ def add_patches(a: Patches, b: Patches, consume: bool = False) -> Patches:
         return F.pad(A, (top[1], rest[1], top[0], rest[0])) if any(top + rest) else A
 
     def total(x: Tensor, y: Tensor) -> Tensor:
+        top = [pad_top[d] - b.padding[d] for d in range(2)]
+        if own and all(pad_top[d] == a.padding[d] and end[d] == ka[d] - a.padding[d] for d in range(2)) \
+                and consumable(x, torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + x.shape[-2:]):
+            # an owned window spanning the union: add the other's windows into their place in it
+            x[..., top[0]:top[0] + kb[0], top[1]:top[1] + kb[1]].add_(y)
+            return x
         gx, gy = grow(a, ka, x), grow(b, kb, y)
         shape = torch.broadcast_shapes(gx.shape, gy.shape)
-        if not torch.is_grad_enabled():  # a window just padded is a fresh buffer, as is an owned one: sum into it
+        if not torch.is_grad_enabled():  # a window just padded is a fresh buffer: sum into it
             for fresh, other, orig in ((gy, gx, y), (gx, gy, x)):
                 if fresh is not orig and fresh.shape == shape:
                     return fresh.add_(other)
-            if own and gx is x and consumable(x, shape):
-                return x.add_(gy)
         return gx + gy
 
     lA = total(a.lA, b.lA)
     uA = lA if a.uA is a.lA and b.uA is b.lA else total(a.uA, b.uA)
     return a._replace(lA=lA, uA=uA, lb=a.lb + b.lb, ub=a.ub + b.ub, padding=tuple(pad_top))
+
+
+add_patches.commutes = True
 
 
 def zero_bias(p: Patches) -> Patches:
@@ -231,6 +238,7 @@ def zero_bias(p: Patches) -> Patches:
 # -- rules ---------------------------------------------------------------------------
 
 @rule("identity", DOMAIN)
+@forwards_state
 def identity(p: Patches, x, *, in_shapes) -> tuple:
     """Unchanged."""
     return (p,)
@@ -338,6 +346,7 @@ def _map(p: Patches, t: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 @rule("scale_shift", DOMAIN)
+@forwards_state
 def scale_shift(p: Patches, x, scale: Tensor | None, shift: Tensor | None, *, in_shapes) -> tuple:
     """``A * scale`` window by window; ``A·shift`` into the bias."""
     shape = tuple(in_shapes[0])

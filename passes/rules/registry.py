@@ -58,8 +58,9 @@ def consumes_state(fn: F) -> F:
 
 
 def forwards_state(fn: F) -> F:
-    """Mark a hook over a rule's result that keeps that result's coefficient tensors or replaces them with
-    fresh ones (its result is owned when its input is, :mod:`boundc.passes.graph.consume`)."""
+    """Mark a rule (or a hook over a rule's result) whose result holds views of the coefficient tensors of its
+    first argument or fresh tensors, never another value's: its result is owned when that argument is
+    (:mod:`boundc.passes.graph.consume`)."""
     fn.forwards_state = True
     return fn
 
