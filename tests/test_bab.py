@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from boundc.passes.rules.interval import Interval
 from torch import nn
 
 import boundc
@@ -355,3 +356,33 @@ def test_refreshed_intermediate_bounds_hold_on_every_subdomain_and_tighten() -> 
     part, _ = sb.refresh(sb.domain_bounds(one), layer)
     last = sb.pre[sb.relus[-1]]
     assert torch.allclose(full[last].lower, part[last].lower) and torch.allclose(full[last].upper, part[last].upper)
+
+
+def test_the_scout_computes_the_same_refresh_in_float32() -> None:
+    """FSB's float32 scout (:meth:`SpecBounds.scout`) is these bounds in float32: built once per spec, and
+    its refreshed intermediate bounds and spec bounds match float64's to float32 rounding."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3)).double().eval()
+    x = torch.rand(1, 6, dtype=torch.float64)
+    _, _, sb, _, _ = _setup(model, x, 0.3)
+    sb.set_spec(torch.tensor([[1.0, -1.0, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64))
+    scout = sb.scout()
+    assert scout.dtype == torch.float32 and sb.scout() is scout and scout.scout() is scout
+    splits = _random_splits(sb, 12, torch.Generator().manual_seed(1))
+    base = sb.domain_bounds(splits)
+    new, empty = sb.refresh(base)
+    new32, empty32 = scout.refresh({k: Interval(v.lower.float(), v.upper.float()) for k, v in base.items()})
+    for k, b in new.items():
+        scale = 1 + float(b.upper.abs().max())
+        assert torch.allclose(new32[k].lower.double(), b.lower, atol=1e-5 * scale)
+        assert torch.allclose(new32[k].upper.double(), b.upper, atol=1e-5 * scale)
+    assert torch.equal(empty, empty32)
+    alpha = sb.alpha_init()
+    beta = {r: torch.zeros(12, sb.S, math.prod(sb.shapes[r]), dtype=torch.float64) for r in sb.relus}
+    with torch.no_grad():
+        low = sb.run(splits, {k: v.expand(-1, 12, *v.shape[2:]) for k, v in alpha.items()}, beta, new)[0]
+        low32 = scout.run(splits, {k: v.expand(-1, 12, *v.shape[2:]).float() for k, v in alpha.items()},
+                          {k: v.float() for k, v in beta.items()}, new32)[0]
+    assert torch.allclose(low32.double(), low, atol=1e-4 * (1 + float(low.abs().max())))
+    sb.set_spec(torch.tensor([[0.0, 1.0, -1.0]], dtype=torch.float64))
+    assert sb.scout() is not scout  # a new spec: a new scout
