@@ -75,6 +75,7 @@ _POOLS = [
     ((3, 3), (2, 2), (1, 1), True, False, 4, (6, 7)),
     ((4, 4), (1, 2), (2, 1), True, False, None, (5, 6)),
     ((5, 5), (5, 5), (0, 0), True, True, None, (7, 12)),
+    ((2, 3), (2, 3), (0, 0), False, True, None, (6, 9)),   # k == s, not square: the window copy
 ]
 
 
