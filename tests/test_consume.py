@@ -16,7 +16,7 @@ import torch.fx as fx
 from boundc.passes.graph import consume
 from boundc.passes.rules import engine, linalg, patches
 from boundc.passes.rules.interval import Interval
-from boundc.passes.rules.registry import forwards_state, owns_result
+from boundc.passes.rules.registry import commutes, consumes_state, forwards_state, owns_result
 from test_engine import _model
 from torch import nn
 
@@ -85,11 +85,9 @@ def _hook(result, extra):
     return result
 
 
+@consumes_state
 def _relax(state, *args, consume=False):
     return (state,)
-
-
-_relax.consumes_state = True
 
 
 def _graph(producer, *, tap: bool = False, hook: bool = False, twice: bool = False) -> fx.Graph:
@@ -159,12 +157,10 @@ def test_a_recorded_state_is_never_overwritten() -> None:
     assert torch.equal(p.lA.detach(), before) and out.lA.data_ptr() != p.lA.data_ptr()
 
 
+@consumes_state
+@commutes
 def _sum(a, b, consume=False):
     return a
-
-
-_sum.consumes_state = True
-_sum.commutes = True
 
 
 def test_a_sum_consumes_whichever_state_is_owned() -> None:

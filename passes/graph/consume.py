@@ -45,8 +45,9 @@ def owned(state: fx.Node) -> bool:
 
 def mark_consumers(graph: fx.Graph) -> int:
     """Add ``consume=True`` to every call of a :func:`~boundc.passes.rules.registry.consumes_state` rule
-    whose state it alone reads and :func:`owned` holds (a sum marked ``commutes`` has its two states swapped
-    when only the second is owned); returns how many calls were marked."""
+    whose state it alone reads and :func:`owned` holds (a sum marked
+    :func:`~boundc.passes.rules.registry.commutes` has its two states swapped when only the second is owned);
+    returns how many calls were marked."""
     marked = 0
     for node in graph.nodes:
         if node.op != "call_function" or not getattr(node.target, "consumes_state", False) or not node.args:

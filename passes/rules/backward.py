@@ -37,7 +37,7 @@ from . import transpose
 from .interval import Interval
 from .linalg import blocks_allowed, matvec, row_blocks, rowdot
 from .ops import OpDef, opdef
-from .registry import consumes_state, deriver, forwards_state, owns_result, rule
+from .registry import commutes, consumes_state, deriver, forwards_state, owns_result, rule
 from .relaxation import Mode
 
 DOMAIN = "backward"
@@ -85,10 +85,11 @@ def zero_bias_like(c: Coeffs) -> Coeffs:
 
 @owns_result
 @consumes_state
+@commutes
 def add_coeffs(a: Coeffs, b: Coeffs, consume: bool = False) -> Coeffs:
     """Sum of the contributions of two users of one node (one sum while both keep one tensor per side).
     ``consume``: the walk holds ``a``'s coefficients nowhere else, so the sum may be formed in them."""
-    own = consume and a.uA is not a.lA  # (one tensor on both sides is read twice)
+    own = sides_owned(a, consume)
 
     def total(x: Tensor, y: Tensor) -> Tensor:
         return x.add_(y) if own and consumable(x, torch.broadcast_shapes(x.shape, y.shape)) else x + y
@@ -96,9 +97,6 @@ def add_coeffs(a: Coeffs, b: Coeffs, consume: bool = False) -> Coeffs:
     lA = total(a.lA, b.lA)
     uA = lA if a.uA is a.lA and b.uA is b.lA else total(a.uA, b.uA)
     return Coeffs(lA, uA, a.lb + b.lb, a.ub + b.ub)
-
-
-add_coeffs.commutes = True
 
 
 def map_coeffs(c: Coeffs, fn: Callable[[Tensor], Tensor], lbias: Tensor | float = 0.0,
@@ -353,6 +351,12 @@ def through_lines_blocked(A: Tensor, slope_pos: Tensor, bias_pos: Tensor | None,
     return out, bias
 
 
+def sides_owned(state, consume: bool) -> bool:
+    """Whether a rule told ``consume`` may overwrite ``state``'s coefficients (Coeffs or Patches): not while
+    its lower and upper sides are one tensor, which is read twice."""
+    return consume and state.uA is not state.lA
+
+
 def consumable(A: Tensor, shape: tuple[int, ...] | torch.Size) -> bool:
     """Whether a rule told it may consume its coefficient state (``consume=True``: the generated walk holds
     ``A`` nowhere else, :mod:`boundc.passes.graph.consume`) can form its result in ``A``'s own buffer: no
@@ -402,7 +406,7 @@ def relax_backward(c: Coeffs, x: Interval, *, op: str, mode: str = Mode.CROWN, a
     nd = c.lA.dim()
     low = lines(l, u, mode, None if alpha is None else _alpha_k(alpha[0], nd), **attrs)
     lower_only = c.uA.shape[1] == 0
-    own = consume and (lower_only or c.uA is not c.lA)  # one tensor on both sides is read twice
+    own = sides_owned(c, consume)
 
     def in_place(A: Tensor, line) -> bool:
         return own and consumable(A, torch.broadcast_shapes(A.shape, line.lw.shape, line.uw.shape))

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import transpose
-from .backward import consumable, maybe_nonzero, through_lines
+from .backward import consumable, maybe_nonzero, sides_owned, through_lines
 from .interval import Interval
 from .linalg import blocks_allowed, row_blocks, rowdot
 from .ops import OpDef
-from .registry import consumes_state, deriver, forwards_state, owns_result, rule
+from .registry import commutes, consumes_state, deriver, forwards_state, owns_result, rule
 from .relaxation import Mode, relax
 
 DOMAIN = "patches"
@@ -192,6 +192,7 @@ def _rows(p: Patches, block: slice) -> Patches:
 
 @owns_result
 @consumes_state
+@commutes
 def add_patches(a: Patches, b: Patches, consume: bool = False) -> Patches:
     """Sum of two users' contributions; windows of different extent are padded to their union.  ``consume``:
     the walk holds ``a``'s coefficients nowhere else, so the sum may be formed in them."""
@@ -200,7 +201,7 @@ def add_patches(a: Patches, b: Patches, consume: bool = False) -> Patches:
     ka, kb = (tuple(int(k) for k in p.lA.shape[-2:]) for p in (a, b))
     pad_top = [max(a.padding[d], b.padding[d]) for d in range(2)]
     end = [max(ka[d] - a.padding[d], kb[d] - b.padding[d]) for d in range(2)]
-    own = consume and a.uA is not a.lA  # (one tensor on both sides is read twice)
+    own = sides_owned(a, consume)
 
     def grow(p: Patches, k: tuple[int, int], A: Tensor) -> Tensor:
         top = [pad_top[d] - p.padding[d] for d in range(2)]
@@ -225,9 +226,6 @@ def add_patches(a: Patches, b: Patches, consume: bool = False) -> Patches:
     lA = total(a.lA, b.lA)
     uA = lA if a.uA is a.lA and b.uA is b.lA else total(a.uA, b.uA)
     return a._replace(lA=lA, uA=uA, lb=a.lb + b.lb, ub=a.ub + b.ub, padding=tuple(pad_top))
-
-
-add_patches.commutes = True
 
 
 def zero_bias(p: Patches) -> Patches:
@@ -411,7 +409,7 @@ def relax_patches(p: Patches, x: Interval, *, op: str, mode: Mode = Mode.CROWN, 
     lower_only = p.uA.shape[1] == 0
     B, R = p.pos.shape[:2]
     shape = (B, R) + tuple(p.lA.shape[2:])
-    own = consume and (lower_only or p.uA is not p.lA)  # one tensor on both sides is read twice
+    own = sides_owned(p, consume)
     l_own = own and consumable(p.lA, shape)
     u_own = own and not lower_only and consumable(p.uA, shape)
     blocks = _blocks(p)

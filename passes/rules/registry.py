@@ -57,6 +57,13 @@ def consumes_state(fn: F) -> F:
     return fn
 
 
+def commutes(fn: F) -> F:
+    """Mark a :func:`consumes_state` sum of two states whose arguments may come in either order: the fx pass
+    swaps them when only the second is owned, so the owned one is consumed."""
+    fn.commutes = True
+    return fn
+
+
 def forwards_state(fn: F) -> F:
     """Mark a rule (or a hook over a rule's result) whose result holds views of the coefficient tensors of its
     first argument or fresh tensors, never another value's: its result is owned when that argument is
