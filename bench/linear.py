@@ -16,13 +16,19 @@ CROWN and α-CROWN (20 Adam steps) and prints, per batch size, one row per (mode
   runs in a fresh subprocess); with ``--device cuda`` the CUDA allocator's exact peak;
 * ``coef MB``: the largest tensor of rank ≥ 3 the call creates (coefficient tensors are
   ``(batch, rows, ...)``), found in that same untimed call;
-* ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter).
+* ``margin``: the mean lower bound of the margins ``y_true − y_j`` (higher is tighter);
+* ``GMAC``: the multiply-adds of the call's matrix products and convolutions (``torch.utils.flop_counter``,
+  another untimed call; elementwise work, ``fold`` and ``unfold`` are not counted), and ``GMAC/s``, that
+  count over the warm time.  The forward's count gives ``MAC x fwd``: the part of ``x fwd`` that is work
+  rather than speed.  A target ratio of times cannot hold where the same ratio of MACs is above it
+  and the method runs its products no faster per MAC than the forward (``work`` lines below the targets).
 
 The linear methods bound the margins from below only (``LinearOptions(output_upper=False)``, what
 certification and certified training read); ``--upper`` bounds both sides (IBP always does).
 
 Then the targets of the engine issue as ratios of warm times inside this run: CROWN / forward ≤ 300,
-α-CROWN / CROWN ≤ 30, CROWN-IBP / IBP ≤ 4, peak / largest coefficient tensor ≤ 2.
+α-CROWN / CROWN ≤ 30, CROWN-IBP / IBP ≤ 4, peak / largest coefficient tensor ≤ 2, and below them the
+same ratios of MACs.
 Run it with one torch thread on a shared CPU (``--threads``, default 1).
 """
 
@@ -90,6 +96,15 @@ def _tensor_memory_mb(fn) -> tuple[float, float | None]:
     return Watch.biggest / 2**20, (Watch.peak / 2**20 if in_use else None)
 
 
+def _gmac(fn) -> float:
+    """Billions of multiply-adds in the matrix products and convolutions ``fn()`` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as count:
+        fn()
+    return count.get_total_flops() / 2e9
+
+
 def run_one(model: str, method: str, batch: int, eps: float, threads: int, device: str = "cpu",
             upper: bool = False, repeat: int = 5) -> dict:
     """Compile and time one method on one model; returns a dict of figures."""
@@ -151,7 +166,10 @@ def run_one(model: str, method: str, batch: int, eps: float, threads: int, devic
         coef, live = _tensor_memory_mb(lambda: bm(xl, xu, C))
     if live is not None and not cuda:
         peak = live
+    with torch.no_grad():
+        gmac, forward_gmac = _gmac(lambda: bm(xl, xu, C)), _gmac(lambda: m(x))
     return {"time": warm_time, "cold": dt, "warm_calls": len(warm), "forward": forward,
+            "gmac": gmac, "forward_gmac": forward_gmac,
             "margin": lower.mean().item(), "peak_mb": peak, "coef_mb": coef,
             "verified": (lower > 0).all(1).float().mean().item()}
 
@@ -186,9 +204,9 @@ def main() -> None:
     for batch in (int(b) for b in a.batches.split(",")):
         print(f"\nbatch {batch}")
         print(f"{'model':8s} {'method':12s} {'cold s':>9s} {'warm s':>9s} {'x fwd':>8s} {'peak MB':>8s} {'coef MB':>8s} "
-              f"{'peak/coef':>9s} {'margin':>10s}")
+              f"{'peak/coef':>9s} {'margin':>10s} {'GMAC':>8s} {'GMAC/s':>7s} {'MAC x fwd':>9s}")
         for model in a.models.split(","):
-            times, per_fwd = {}, {}
+            times, per_fwd, work = {}, {}, {}
             for method in methods:
                 out = subprocess.run([sys.executable, __file__, "--one", model, method, str(batch), "--eps",
                                       str(a.eps), "--threads", str(a.threads), "--device", a.device,
@@ -203,12 +221,18 @@ def main() -> None:
                 results.append(r)
                 times[method] = r["time"]
                 per_fwd[method] = r["time"] / r["forward"]
+                work[method] = r["gmac"]
                 print(f"{model:8s} {method:12s} {r['cold']:9.3f} {r['time']:9.3f} {r['time'] / r['forward']:8.0f} "
                       f"{r['peak_mb']:8.0f} {r['coef_mb']:8.1f} {_ratio(r['peak_mb'], r['coef_mb']):>9s} "
-                      f"{r['margin']:10.4f}", flush=True)
+                      f"{r['margin']:10.4f} {r['gmac']:8.3f} {r['gmac'] / r['time']:7.1f} "
+                      f"{r['gmac'] / r['forward_gmac']:9.0f}", flush=True)
+                work["forward"] = r["forward_gmac"]
             print(f"{'':8s} targets: crown/fwd {_ratio(per_fwd.get('crown'), 1.0)} (<= 300)   "
                   f"alpha/crown {_ratio(times.get('alpha-crown'), times.get('crown'))} (<= 30)   "
                   f"crown-ibp/ibp {_ratio(times.get('crown-ibp'), times.get('ibp'))} (<= 4)", flush=True)
+            print(f"{'':8s} work:    crown/fwd {_ratio(work.get('crown'), work.get('forward'))}            "
+                  f"alpha/crown {_ratio(work.get('alpha-crown'), work.get('crown'))}           "
+                  f"crown-ibp/ibp {_ratio(work.get('crown-ibp'), work.get('ibp'))}  (ratios of MACs)", flush=True)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
