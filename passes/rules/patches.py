@@ -279,8 +279,6 @@ def _window_transpose(window: tuple[int, int, int], weight: Tensor, stride: tupl
             out = A.reshape(Bp * R, basis) @ M
         elif transpose.fold_path(weight, A, dilation, groups):
             out = transpose.conv2d_input_fold(A.reshape(Bp * R, Co, kh, kw), weight, (out_h, out_w), stride, (0, 0))
-        elif transpose.flip_path(weight, A, stride, (0, 0), dilation, groups):
-            out = transpose.conv2d_input_flipped(A.reshape(Bp * R, Co, kh, kw), weight, (0, 0), dilation)
         else:
             out = F.conv_transpose2d(A.reshape(Bp * R, Co, kh, kw), weight, stride=stride, dilation=dilation,
                                      groups=groups)

@@ -201,8 +201,10 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 #: Input channels up to which the CPU float32 transpose of a 2-d convolution runs as one GEMM and a ``fold``
-#: (col2im): oneDNN's transposed convolution is 4-7x slower for these narrow outputs (the first layer of an
-#: image model: 1 or 3 channels), while for wider ones it wins (``bench/conv_transpose.py``).
+#: (col2im): oneDNN's transposed convolution is 1.2-4x slower for these narrow outputs (the first layer of an
+#: image model: 1 or 3 channels), while for wider ones it wins (``bench/conv_transpose.py``).  Every other
+#: transpose is ``conv_transpose``: a stride-1 one run as a convolution with the flipped kernel was no faster
+#: inside the bound passes (``bench/results/conv_transpose_cpu.txt``).
 FOLD_MAX_CHANNELS = 4
 
 
@@ -237,30 +239,10 @@ def conv2d_input_fold(grad_output: Tensor, weight: Tensor, in_hw: tuple[int, int
     return out
 
 
-def flip_path(weight: Tensor, grad_output: Tensor, stride: tuple, padding: tuple, dilation: tuple,
-              groups: int) -> bool:
-    """Whether :func:`conv2d_input_flipped` is the faster transpose here: a stride-1 2-d convolution onto
-    more than :data:`FOLD_MAX_CHANNELS` channels, CPU float32, not being exported.  There oneDNN's forward
-    convolution beats its transposed one (3.3x at 8 channels on a 28x28 map, 1.3x at 16 onto a 10x10 one;
-    in float64 it loses)."""
-    return (weight.dim() == 4 and groups == 1 and all(s == 1 for s in stride)
-            and all(dilation[i] * (weight.shape[2 + i] - 1) >= padding[i] for i in range(2))
-            and weight.shape[1] > FOLD_MAX_CHANNELS and grad_output.dtype == torch.float32
-            and grad_output.device.type == "cpu" and not torch.jit.is_tracing())
-
-
-def conv2d_input_flipped(grad_output: Tensor, weight: Tensor, padding: tuple[int, int],
-                         dilation: tuple[int, int]) -> Tensor:
-    """The transpose of a stride-1 2-d convolution as a convolution: the kernel flipped in space with its
-    channel axes swapped, padded by ``dilation·(k - 1) - padding`` (the same map as ``conv_transpose2d``)."""
-    pad = tuple(dilation[i] * (weight.shape[2 + i] - 1) - padding[i] for i in range(2))
-    return F.conv2d(grad_output, weight.flip(2, 3).transpose(0, 1), padding=pad, dilation=dilation)
-
-
 def conv_input(nd: int) -> Callable[..., Tensor]:
     """``torch.nn.grad.conv{nd}d_input`` as a transposed convolution with the output padding that restores
     the input size (plain ops: traces and exports, unlike ``aten.convolution_backward``); on CPU in float32,
-    narrow 2-d outputs take :func:`conv2d_input_fold`, wider stride-1 ones :func:`conv2d_input_flipped`."""
+    narrow 2-d outputs take :func:`conv2d_input_fold`."""
     transpose = _CONV_T[nd]
 
     def conv_input_nd(input_size, weight: Tensor, grad_output: Tensor, stride=1, padding=0, dilation=1,
@@ -269,8 +251,6 @@ def conv_input(nd: int) -> Callable[..., Tensor]:
         want = [int(d) for d in tuple(input_size)[-nd:]]
         if fold_path(weight, grad_output, dl, groups):
             return conv2d_input_fold(grad_output, weight, (want[0], want[1]), st, pd)
-        if flip_path(weight, grad_output, st, pd, dl, groups):
-            return conv2d_input_flipped(grad_output, weight, pd, dl)
         out = [int(d) for d in grad_output.shape[-nd:]]
         extra = [want[i] - ((out[i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + 1)
                  for i in range(nd)]
@@ -320,6 +300,6 @@ def conv_transpose_t(A: Tensor, in_shape: tuple[int, ...], weight: Tensor, strid
     return g.reshape(lead + tuple(in_shape))
 
 
-__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv2d_input_flipped", "conv2d_input_fold", "conv_input",
-           "conv_transpose_t", "crop_pad", "flip_path", "fold_path", "gather_t", "pad_t",
+__all__ = ["adaptive_avg_pool2d_t", "avg_pool2d_t", "conv2d_input_fold", "conv_input",
+           "conv_transpose_t", "crop_pad", "fold_path", "gather_t", "pad_t",
            "permute_t", "reduce_sum_t", "reshape_t"]
